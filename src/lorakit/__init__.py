@@ -1,0 +1,19 @@
+"""lorakit: LoRA-family parameter-efficient fine-tuning for PyTorch / Hugging Face models.
+
+    cfg = lorakit.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    lorakit.inject(model, cfg)                      # in place; returns the adapted module names
+    lorakit.save_adapter(model, "out/adapter")      # peft's on-disk format
+"""
+from .config import LoraConfig
+from .inject import describe_trainable, inject, preset_targets, trainable_parameters
+from .io import AdapterFormatError, load_adapter, read_config, save_adapter
+from .merge import merge, merge_and_unload, unload, unmerge
+from .routing import active_adapter, delete_adapter, disable_adapters, list_adapters, route, set_adapter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LoraConfig", "inject", "save_adapter", "load_adapter", "read_config", "set_adapter", "disable_adapters",
+    "delete_adapter", "list_adapters", "active_adapter", "route", "merge", "unmerge", "merge_and_unload",
+    "unload", "trainable_parameters", "describe_trainable", "preset_targets", "AdapterFormatError",
+]

@@ -1,0 +1,227 @@
+"""Adapters on disk, in peft's format: `adapter_config.json` + `adapter_model.safetensors`.
+
+Keys are built from module paths here and only here:
+    base_model.model.<path>.lora_A.weight            (r, in)
+    base_model.model.<path>.lora_B.weight            (out, r)
+    base_model.model.<path>.lora_embedding_A         (r, num_embeddings)
+    base_model.model.<path>.lora_embedding_B         (dim, r)
+    base_model.model.<path>.<param>                  modules_to_save (the trained copy)
+    base_model.model.<path>.base_layer.bias / <path>.bias   biases under bias="all" / "lora_only"
+Loading checks the key set and every shape before copying anything: a mismatch is one error
+listing what is missing, unexpected or wrongly shaped, and the model is left as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import LoraConfig
+from .inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
+from .routing import delete_adapter, set_adapter
+from .tuners.lora import LoraEmbedding, LoraWrapper, ModulesToSave
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+PREFIX = "base_model.model."
+TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS",
+              "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS",
+              "ForConditionalGeneration": "SEQ_2_SEQ_LM"}
+
+
+class AdapterFormatError(ValueError):
+    """An adapter directory that cannot be loaded: names the file and what is wrong."""
+
+
+def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """On-disk key → live tensor for everything `adapter_name` saves."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraWrapper) and adapter_name in module.adapters:
+            a = module.adapters[adapter_name]
+            if isinstance(module, LoraEmbedding):
+                out[f"{PREFIX}{name}.lora_embedding_A"] = a.lora_A
+                out[f"{PREFIX}{name}.lora_embedding_B"] = a.lora_B
+            else:
+                out[f"{PREFIX}{name}.lora_A.weight"] = a.lora_A
+                out[f"{PREFIX}{name}.lora_B.weight"] = a.lora_B
+        elif isinstance(module, ModulesToSave) and adapter_name in module.copies:
+            for key, t in module.copies[adapter_name].state_dict(keep_vars=True).items():
+                out[f"{PREFIX}{name}.{key}"] = t
+    bias_mode = adapter_configs(model)[adapter_name].bias
+    for key, t in bias_parameters(model, bias_mode).items():
+        out[PREFIX + key.replace(".base.bias", ".base_layer.bias")] = t
+    return out
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
+                 base_model_name_or_path: Optional[str] = None) -> Path:
+    """Write `adapter_name` to directory `path` in peft's format (atomically, file by file)."""
+    from safetensors.torch import save_file
+
+    if adapter_name not in adapter_configs(model):
+        raise KeyError(f"no adapter named {adapter_name!r}; adapters on this model: {list(adapter_configs(model))}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: t.detach().cpu().contiguous() for k, t in adapter_tensors(model, adapter_name).items()}
+    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
+    config = resolved_config(model, adapter_name, base_model_name_or_path)
+    text = json.dumps(config.to_peft_dict(), indent=2, sort_keys=True)
+    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
+    return path
+
+
+def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path: Optional[str] = None) -> LoraConfig:
+    """The adapter's config with targets and rank/alpha overrides spelled out as peft will match them."""
+    config = adapter_configs(model)[adapter_name]
+    adapted = {n: m.adapters[adapter_name] for n, m in model.named_modules()
+               if isinstance(m, LoraWrapper) and adapter_name in m.adapters}
+    leaves = {n.rsplit(".", 1)[-1] for n in adapted}
+    others = [n for n in candidate_modules(model) if n not in adapted and n.rsplit(".", 1)[-1] in leaves]
+    targets = sorted(leaves) if not others else sorted(adapted)
+    ranks = {n: a.r for n, a in adapted.items() if a.r != config.r}
+    alphas = {n: a.alpha for n, a in adapted.items() if a.alpha != config.lora_alpha}
+    saved = [n for n, m in model.named_modules() if isinstance(m, ModulesToSave) and adapter_name in m.copies]
+    name_or_path = base_model_name_or_path or config.base_model_name_or_path or _model_name_or_path(model)
+    return config.model_copy(update=dict(
+        target_modules=targets, exclude_modules=None, layers_to_transform=None, layers_pattern=None,
+        rank_pattern=ranks, alpha_pattern=alphas, modules_to_save=saved or None,
+        base_model_name_or_path=name_or_path, task_type=config.task_type or _task_type(model),
+        fan_in_fan_out=any(getattr(model.get_submodule(n), "fan_in_fan_out", False) for n in adapted),
+    ))
+
+
+def read_config(path: str | os.PathLike) -> LoraConfig:
+    """Read and validate `adapter_config.json` in `path` (lorakit- or peft-written)."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise AdapterFormatError(f"{file}: not found (is {path} an adapter directory?)")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterFormatError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+    peft_type = data.get("peft_type", "LORA")
+    if peft_type != "LORA":
+        raise AdapterFormatError(f"{file}: peft_type {peft_type!r} is not supported by load_adapter (expected 'LORA')")
+    try:
+        return LoraConfig.from_peft_dict(data, source=str(file))
+    except ValueError as e:
+        raise AdapterFormatError(f"{file}: {_first_error(e)}") from None
+
+
+def read_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Load the adapter tensors; `.bin` only with `allow_pickle=True` (then with weights_only=True)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    st, legacy = path / WEIGHTS_NAME, path / LEGACY_WEIGHTS_NAME
+    if st.is_file():
+        try:
+            return load_file(str(st))
+        except Exception as e:  # safetensors raises its own error types for corrupt/truncated files
+            raise AdapterFormatError(f"{st}: cannot read safetensors file ({e})") from None
+    if legacy.is_file():
+        if not allow_pickle:
+            raise AdapterFormatError(
+                f"{legacy}: legacy pickle weights are not loaded by default; pass allow_pickle=True if you trust it"
+            )
+        try:
+            return torch.load(str(legacy), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise AdapterFormatError(f"{legacy}: cannot read weights ({e})") from None
+    raise AdapterFormatError(f"{st}: not found")
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
+                 is_trainable: bool = False, allow_pickle: bool = False) -> list[str]:
+    """Add the adapter saved in `path` to `model` under `adapter_name` and make it active.
+
+    Reads lorakit- and peft-written adapters. The adapter is frozen unless `is_trainable`.
+    Returns the adapted module names.
+    """
+    config = read_config(path)
+    weights = read_weights(path, allow_pickle)
+    config = _drop_absent_modules_to_save(model, config)
+    names = inject(model, config.model_copy(update={"init_lora_weights": True}), adapter_name)
+    try:
+        _copy_checked(model, adapter_name, weights, Path(path) / WEIGHTS_NAME)
+    except Exception:
+        delete_adapter(model, adapter_name)
+        raise
+    set_adapter(model, adapter_name)
+    if is_trainable:
+        mark_trainable(model, adapter_name)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return names
+
+
+def _copy_checked(model: nn.Module, adapter_name: str, weights: dict, source: Path) -> None:
+    expected = adapter_tensors(model, adapter_name)
+    embedding_bases = {f"{PREFIX}{n}.base_layer.weight": m.base.weight for n, m in model.named_modules()
+                       if isinstance(m, LoraEmbedding)}  # peft also saves targeted embeddings' base weights
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected) - set(embedding_bases))
+    shapes = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(t.shape)}"
+              for k, t in {**expected, **embedding_bases}.items() if k in weights and weights[k].shape != t.shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+        if items:
+            problems.append(f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+    if problems:
+        raise AdapterFormatError(f"{source}: does not fit this model: " + "; ".join(problems))
+    with torch.no_grad():
+        for key, t in {**expected, **embedding_bases}.items():
+            if key in weights:
+                t.copy_(weights[key].to(t.dtype))
+
+
+def _drop_absent_modules_to_save(model: nn.Module, config: LoraConfig) -> LoraConfig:
+    """peft writes default heads (e.g. 'classifier', 'score') for a task type whether they exist or not."""
+    if not config.modules_to_save:
+        return config
+    names = [n for n, _ in model.named_modules() if n]
+    keep = [t for t in config.modules_to_save if any(n == t or n.endswith("." + t) for n in names)]
+    return config.model_copy(update={"modules_to_save": keep or None})
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _model_name_or_path(model: nn.Module) -> Optional[str]:
+    cfg = getattr(model, "config", None)
+    return getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None) or None
+
+
+def _task_type(model: nn.Module) -> Optional[str]:
+    cls = type(model).__name__
+    return next((t for suffix, t in TASK_TYPES.items() if cls.endswith(suffix)), None)
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return str(e)
+
+
+__all__ = ["save_adapter", "load_adapter", "read_config", "read_weights", "AdapterFormatError"]

@@ -1,0 +1,147 @@
+"""Named adapters on one model: which is active, switching, disabling, deleting, and per-row routing.
+
+`route(model, names)` runs batch row i through adapter names[i] (None = the base model) in one
+forward. Each wrapper gets the used adapters' factors stacked once per `route` block, rank-padded
+with zeros and with the scaling folded into B; a forward then costs one gather and two batched
+matmuls per layer, whatever the number of adapters: there is no Python loop over adapters.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .inject import _replace, adapter_configs
+from .tuners.lora import LoraEmbedding, LoraWrapper, ModulesToSave
+
+
+def _holders(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoraWrapper, ModulesToSave))]
+
+
+def list_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters on `model`, in the order they were added."""
+    return list(adapter_configs(model))
+
+
+def active_adapter(model: nn.Module) -> Optional[str]:
+    return model.__dict__.get("lorakit_active")
+
+
+def _check_name(model: nn.Module, name: Optional[str]) -> None:
+    if name is not None and name not in adapter_configs(model):
+        raise KeyError(f"no adapter named {name!r}; adapters on this model: {list_adapters(model)}")
+
+
+def set_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Make `adapter_name` the active adapter on every layer that has it (others run as the base)."""
+    _check_name(model, adapter_name)
+    for _, holder in _holders(model):
+        holder.set_active(adapter_name if adapter_name in holder.adapters else None)
+    model.__dict__["lorakit_active"] = adapter_name
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model behaves as its base (no adapter, original modules_to_save)."""
+    holders = _holders(model)
+    merged = [n for n, h in holders if getattr(h, "merged", None)]
+    if merged:
+        raise RuntimeError(f"cannot disable adapters while merged (e.g. {merged[0]}); unmerge first")
+    saved = [(h, h.active) for _, h in holders]
+    for _, h in holders:
+        h.__dict__["active"] = None
+    try:
+        yield model
+    finally:
+        for h, active in saved:
+            h.__dict__["active"] = active
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove an adapter everywhere; layers left with no adapter get their base module back."""
+    _check_name(model, adapter_name)
+    for name, holder in _holders(model):
+        if adapter_name not in holder.adapters:
+            continue
+        holder.delete(adapter_name)
+        if len(holder.adapters) == 0:
+            _replace(model, name, holder.base if isinstance(holder, LoraWrapper) else holder.original)
+    del adapter_configs(model)[adapter_name]
+    if active_adapter(model) == adapter_name:
+        remaining = list_adapters(model)
+        model.__dict__["lorakit_active"] = None
+        if remaining:
+            set_adapter(model, remaining[0])
+
+
+@contextlib.contextmanager
+def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[nn.Module]:
+    """Run row i of every batch through adapter `names_per_row[i]` (None: the base) in one forward.
+
+    Works under `model.generate` (rows expanded by num_return_sequences are followed). Inference
+    only: adapter dropout is not applied.
+    """
+    for name in set(names_per_row):
+        _check_name(model, name)
+    used = [n for n in dict.fromkeys(names_per_row) if n is not None]
+    wrappers = [w for _, w in _holders(model) if isinstance(w, LoraWrapper)]
+    if any(w.merged for w in wrappers):
+        raise RuntimeError("cannot route rows while an adapter is merged; unmerge first")
+    saved_to = [m for _, m in _holders(model) if isinstance(m, ModulesToSave)]
+    if saved_to and len(set(names_per_row)) > 1:
+        raise NotImplementedError("route() with modules_to_save adapters is not supported; use set_adapter")
+    slot = {name: i + 1 for i, name in enumerate(used)}  # slot 0: zeros (the base)
+    rows = torch.tensor([slot.get(n, 0) for n in names_per_row], dtype=torch.long)
+    for w in wrappers:
+        w.__dict__["row_delta"] = _RowDelta(w, used, rows)
+    try:
+        yield model
+    finally:
+        for w in wrappers:
+            w.__dict__["row_delta"] = None
+
+
+class _RowDelta:
+    """Per-row adapter update for one wrapper: (b, ..., in) -> (b, ..., out)."""
+
+    def __init__(self, wrapper: LoraWrapper, used: list[str], rows: torch.Tensor):
+        present = [wrapper.adapters[n] if n in wrapper.adapters else None for n in used]
+        real = [a for a in present if a is not None]
+        like = real[0].lora_A if real else None
+        r_max = max((a.r for a in real), default=1)
+        n_in, n_out = wrapper.in_features, wrapper.out_features
+        self.embedding = isinstance(wrapper, LoraEmbedding)
+        self.n_in = n_in
+        a_stack = torch.zeros(len(used) + 1, n_in, r_max, dtype=like.dtype if like is not None else None,
+                              device=like.device if like is not None else None)
+        b_stack = torch.zeros(len(used) + 1, r_max, n_out, dtype=a_stack.dtype, device=a_stack.device)
+        with torch.no_grad():
+            for i, a in enumerate(present, start=1):
+                if a is not None:
+                    a_stack[i, :, : a.r] = a.lora_A.T
+                    b_stack[i, : a.r, :] = a.lora_B.T * a.scaling
+        self.a_stack, self.b_stack = a_stack, b_stack
+        self.rows = rows.to(a_stack.device)
+
+    def _rows_for(self, batch: int) -> torch.Tensor:
+        n = self.rows.numel()
+        if batch == n:
+            return self.rows
+        if batch % n:
+            raise ValueError(f"route(): batch of {batch} rows does not fit the {n} names given")
+        return self.rows.repeat_interleave(batch // n)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows_for(x.shape[0])
+        if self.embedding:
+            flat = self.a_stack.reshape(-1, self.a_stack.shape[-1])
+            h = flat[(rows.view(-1, *([1] * (x.dim() - 1))) * self.n_in + x)]
+            h = h.reshape(x.shape[0], -1, h.shape[-1])
+            out_shape = (*x.shape, self.b_stack.shape[-1])
+        else:
+            h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]).to(self.a_stack.dtype), self.a_stack[rows])
+            out_shape = (*x.shape[:-1], self.b_stack.shape[-1])
+        return torch.bmm(h, self.b_stack[rows]).reshape(out_shape)

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+import lorakit
+from conftest import MODEL_FACTORIES
+from helpers import logits, randomize_lora_b
+
+TARGETS = {"llama": ["q_proj", "v_proj", "down_proj", "embed_tokens"], "gpt2": ["c_attn", "c_fc"], "bert": ["query", "value"]}
+
+
+def _three_adapters(arch):
+    model = MODEL_FACTORIES[arch]()
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=TARGETS[arch]), "a")
+    lorakit.inject(model, lorakit.LoraConfig(r=2, lora_alpha=4, target_modules=TARGETS[arch][:1]), "b")
+    lorakit.inject(model, lorakit.LoraConfig(r=8, use_rslora=True, target_modules=TARGETS[arch]), "c")
+    randomize_lora_b(model)
+    return model
+
+
+def test_set_adapter_switches_and_disable_restores_base(llama, input_ids):
+    base = logits(llama, input_ids)
+    lorakit.inject(llama, lorakit.LoraConfig(target_modules=["q_proj"]), "a")
+    lorakit.inject(llama, lorakit.LoraConfig(target_modules=["v_proj"]), "b")
+    randomize_lora_b(llama)
+    assert lorakit.active_adapter(llama) == "b" and lorakit.list_adapters(llama) == ["a", "b"]
+    out_b = logits(llama, input_ids)
+    lorakit.set_adapter(llama, "a")
+    out_a = logits(llama, input_ids)
+    assert not torch.allclose(out_a, out_b)
+    with lorakit.disable_adapters(llama):
+        torch.testing.assert_close(logits(llama, input_ids), base)
+    torch.testing.assert_close(logits(llama, input_ids), out_a)
+    with pytest.raises(KeyError, match="no adapter named 'c'"):
+        lorakit.set_adapter(llama, "c")
+
+
+def test_delete_adapter_restores_plain_modules(llama, input_ids):
+    base = logits(llama, input_ids)
+    lorakit.inject(llama, lorakit.LoraConfig(target_modules=["q_proj"]), "a")
+    randomize_lora_b(llama)
+    lorakit.delete_adapter(llama, "a")
+    assert lorakit.list_adapters(llama) == []
+    assert isinstance(llama.model.layers[0].self_attn.q_proj, torch.nn.Linear)
+    torch.testing.assert_close(logits(llama, input_ids), base)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_route_rows_equal_each_row_alone(arch):
+    model = _three_adapters(arch)
+    torch.manual_seed(3)
+    ids = torch.randint(0, 128, (5, 9))
+    names = ["a", None, "c", "b", "a"]
+    with lorakit.route(model, names):
+        mixed = logits(model, ids)
+    for i, name in enumerate(names):
+        if name is None:
+            with lorakit.disable_adapters(model):
+                alone = logits(model, ids[i : i + 1])
+        else:
+            lorakit.set_adapter(model, name)
+            alone = logits(model, ids[i : i + 1])
+        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_route_works_under_generate():
+    model = _three_adapters("llama")
+    ids = torch.randint(1, 128, (3, 5))
+    names = ["c", None, "a"]
+    with lorakit.route(model, names):
+        mixed = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    for i, name in enumerate(names):
+        if name is None:
+            with lorakit.disable_adapters(model):
+                alone = model.generate(ids[i : i + 1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+        else:
+            lorakit.set_adapter(model, name)
+            alone = model.generate(ids[i : i + 1], max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(mixed[i : i + 1], alone)
+
+
+def test_route_rejects_unknown_name_and_merged_state(llama):
+    lorakit.inject(llama, lorakit.LoraConfig(target_modules=["q_proj"]), "a")
+    with pytest.raises(KeyError, match="'zz'"):
+        with lorakit.route(llama, ["a", "zz"]):
+            pass
+    lorakit.merge(llama)
+    with pytest.raises(RuntimeError, match="merged"):
+        with lorakit.route(llama, ["a", None]):
+            pass
