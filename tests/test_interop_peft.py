@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lorakit
-from conftest import MODEL_FACTORIES
+from helpers import MODEL_FACTORIES
 from helpers import logits, randomize_lora_b
 
 peft = pytest.importorskip("peft")

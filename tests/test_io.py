@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lorakit
-from conftest import MODEL_FACTORIES, tiny_bert, tiny_llama
+from helpers import MODEL_FACTORIES, tiny_bert, tiny_llama
 from helpers import logits, randomize_lora_b
 from lorakit.io import AdapterFormatError
 

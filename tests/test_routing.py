@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lorakit
-from conftest import MODEL_FACTORIES
+from helpers import MODEL_FACTORIES
 from helpers import logits, randomize_lora_b
 
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj", "embed_tokens"], "gpt2": ["c_attn", "c_fc"], "bert": ["query", "value"]}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lorakit
-from conftest import MODEL_FACTORIES
+from helpers import MODEL_FACTORIES
 from helpers import logits, randomize_lora_b
 
 CFG = {
