@@ -1,0 +1,19 @@
+"""Datasets shipped with lorakit, written by ``generate.py`` in this folder.
+
+``quickstart_train`` / ``quickstart_eval``: calendar note -> ``activity|person|day|HH:MM`` (messages format).
+``classify_train`` / ``classify_eval``: support tickets labelled billing/technical/account/shipping.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+_HERE = Path(__file__).parent
+NAMES = ("quickstart_train", "quickstart_eval", "classify_train", "classify_eval")
+
+
+def path(name: str) -> Path:
+    """Path of the bundled JSONL file ``name`` (with or without ``.jsonl``); KeyError if unknown."""
+    stem = name[:-6] if name.endswith(".jsonl") else name
+    if stem not in NAMES:
+        raise KeyError(f"unknown bundled dataset {name!r}; choose one of {', '.join(NAMES)}")
+    return _HERE / f"{stem}.jsonl"

@@ -1,0 +1,42 @@
+"""The shipped datasets load, validate, are disjoint, short, and are exactly what generate.py writes."""
+import json
+
+import pytest
+
+from lorakit.data import build_label_map, encode_dataset, load_dataset
+from lorakit.data.bundled import NAMES, generate, path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_files_load_and_validate(name):
+    ds = load_dataset(path(name))
+    assert ds.kind == ("chat" if name.startswith("quickstart") else "classification")
+    assert path(name).stat().st_size < 300_000
+
+
+def test_unknown_bundled_name_raises():
+    with pytest.raises(KeyError, match="unknown bundled dataset"):
+        path("nope")
+
+
+def test_splits_are_disjoint():
+    q_train, q_eval = (load_dataset(path(n)).rows for n in ("quickstart_train", "quickstart_eval"))
+    assert (len(q_train), len(q_eval)) == (400, 60)
+    assert not {m[1]["content"] for m in q_train} & {m[1]["content"] for m in q_eval}
+    c_train, c_eval = (load_dataset(path(n)).rows for n in ("classify_train", "classify_eval"))
+    assert (len(c_train), len(c_eval)) == (600, 150)
+    assert not {r["text"] for r in c_train} & {r["text"] for r in c_eval}
+    assert build_label_map(r["label"] for r in c_train) == {"account": 0, "billing": 1, "shipping": 2, "technical": 3}
+
+
+def test_quickstart_examples_are_short(smol_tokenizer):
+    examples, stats = encode_dataset(smol_tokenizer, load_dataset(path("quickstart_eval")), max_length=128)
+    assert stats.truncated == 0 and max(len(e) for e in examples) <= 64
+
+
+def test_generator_reproduces_the_shipped_files():
+    q_train, q_eval = generate.quickstart_rows()
+    c_train, c_eval = generate.classify_rows()
+    for name, rows in zip(NAMES, (q_train, q_eval, c_train, c_eval)):
+        shipped = [json.loads(line) for line in path(name).read_text().splitlines()]
+        assert shipped == rows
