@@ -1,0 +1,246 @@
+"""4-bit NormalFloat (NF4) weight quantization, as in QLoRA (Dettmers et al., 2023).
+
+A weight (out, in) is flattened and cut into blocks of ``blocksize`` (64) values. Each block is
+divided by its absolute maximum and every value is rounded to the nearest of the 16 NF4 levels;
+two 4-bit codes are packed into one byte (first value in the high nibble). With double
+quantization the per-block fp32 absmax scales are themselves quantized: the mean is subtracted
+and the rest stored as int8 codes with one fp32 scale per 256 blocks, so a weight costs about
+0.5 + 1/64 + 4/(64·256) ≈ 0.516 bytes per parameter.
+
+`NF4Linear` keeps only the packed codes and scales (buffers, never Parameters) and dequantizes
+on the fly; its autograd Function saves the 4-bit data for backward, not a dense weight.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.quant.scales import dequantize_scales, quantize_scales
+
+#: The 16 NF4 levels (QLoRA paper, appendix E), in ascending order; identical to bitsandbytes'.
+NF4_CODEBOOK = torch.tensor(
+    [
+        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+        0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+        0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+    ],
+    dtype=torch.float32,
+)
+_MIDPOINTS = (NF4_CODEBOOK[1:] + NF4_CODEBOOK[:-1]) / 2
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """(n,) uint8 codes in [0, 16), n even -> (n/2,) uint8; the first of each pair is the high nibble."""
+    pairs = codes.view(-1, 2)
+    return (pairs[:, 0] << 4) | pairs[:, 1]
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """(n/2,) uint8 -> (n,) uint8 codes; inverse of `pack_codes`."""
+    return torch.stack((packed >> 4, packed & 0x0F), dim=-1).reshape(-1)
+
+
+def byte_table(codebook: torch.Tensor = NF4_CODEBOOK) -> torch.Tensor:
+    """(256, 2) lookup table: the two codebook values a packed byte stands for."""
+    byte = torch.arange(256)
+    return torch.stack((codebook[byte >> 4], codebook[byte & 0x0F]), dim=-1)
+
+
+def _padded_blocks(weight: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Any shape -> (n_blocks, blocksize) fp32, zero-padded at the end."""
+    flat = weight.detach().reshape(-1).float()
+    pad = -flat.numel() % blocksize
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    return flat.view(-1, blocksize)
+
+
+def quantize_nf4(
+    weight: torch.Tensor, blocksize: int = 64, double_quant: bool = True
+) -> dict[str, torch.Tensor]:
+    """Quantize a tensor to NF4; returns the buffers `NF4Linear` stores.
+
+    weight: any shape, n elements -> {"weight_packed": (ceil(n/blocksize)·blocksize/2,) uint8,
+    and either "absmax": (n_blocks,) fp32 or, with double quantization, "absmax_codes":
+    (n_blocks,) int8, "absmax_scale": (ceil(n_blocks/256),) fp32, "absmax_mean": () fp32}.
+    With double quantization the values are rounded against the scales as they will be
+    dequantized, so the stored codes are the nearest levels for the scale actually used.
+    """
+    if blocksize % 2:
+        raise ValueError(f"blocksize must be even, got {blocksize}")
+    blocks = _padded_blocks(weight, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    state: dict[str, torch.Tensor]
+    if double_quant:
+        state = quantize_scales(absmax)
+        absmax = dequantize_scales(**state)
+        state = {f"absmax_{k}": v for k, v in state.items()}
+    else:
+        state = {"absmax": absmax}
+    divisor = torch.where(absmax == 0, torch.ones_like(absmax), absmax)
+    codes = torch.bucketize(blocks / divisor[:, None], _MIDPOINTS.to(blocks.device))
+    state["weight_packed"] = pack_codes(codes.to(torch.uint8).reshape(-1))
+    return state
+
+
+#: element size -> integer dtype twice as wide, to gather a byte's two values as one element.
+_PAIR_DTYPES = {1: torch.int16, 2: torch.int32, 4: torch.int64}
+
+
+def dequantize_nf4(
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    shape: tuple[int, ...],
+    table: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(n_blocks·blocksize/2,) uint8 codes, (n_blocks,) scales -> `shape` tensor of `dtype`.
+
+    Each byte indexes the (256, 2) `byte_table`, read as (256,) elements of twice the width so
+    one 1-D `index_select` yields both values; then one in-place broadcast multiply by the
+    block scales. No unpacked codes or other weight-sized temporaries.
+    """
+    pairs = table.to(dtype)
+    wide = _PAIR_DTYPES.get(pairs.element_size())
+    index = packed.long()
+    if wide is None:
+        values = pairs.index_select(0, index)
+    else:
+        values = pairs.view(wide).view(-1).index_select(0, index).view(dtype)
+    values = values.view(absmax.numel(), -1)  # (n_blocks, blocksize)
+    values.mul_(absmax.to(dtype)[:, None])
+    numel = 1
+    for size in shape:
+        numel *= size
+    return values.view(-1)[:numel].view(shape)
+
+
+class _NF4Matmul(torch.autograd.Function):
+    """y = x Wᵀ with W held as NF4; saves only the packed codes and scales for backward."""
+
+    @staticmethod
+    def forward(ctx, x, packed, absmax, table, shape):
+        weight = dequantize_nf4(packed, absmax, shape, table, x.dtype)
+        ctx.save_for_backward(packed, absmax, table)
+        ctx.shape = shape
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        packed, absmax, table = ctx.saved_tensors
+        weight = dequantize_nf4(packed, absmax, ctx.shape, table, grad_out.dtype)
+        return grad_out @ weight, None, None, None, None
+
+
+class NF4Linear(nn.Module):
+    """Frozen linear layer with an NF4 weight: (..., in) -> (..., out).
+
+    Construct with `from_linear` / `from_weight`; the plain constructor builds an empty
+    skeleton of the right buffer shapes for `load_state_dict`. The input is cast to
+    `compute_dtype` for the matmul and the output cast back to the input's dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        double_quant: bool = True,
+        blocksize: int = 64,
+        compute_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.blocksize = blocksize
+        self.double_quant = double_quant
+        self.compute_dtype = compute_dtype
+        n_blocks = -(in_features * out_features // -blocksize)
+        self.register_buffer(
+            "weight_packed", torch.zeros(n_blocks * blocksize // 2, dtype=torch.uint8, device=device)
+        )
+        if double_quant:
+            self.register_buffer("absmax_codes", torch.zeros(n_blocks, dtype=torch.int8, device=device))
+            self.register_buffer("absmax_scale", torch.zeros(-(n_blocks // -256), device=device))
+            self.register_buffer("absmax_mean", torch.zeros((), device=device))
+        else:
+            self.register_buffer("absmax", torch.zeros(n_blocks, device=device))
+        self.register_buffer("table", byte_table().to(device), persistent=False)
+        self.bias = (
+            nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
+
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        double_quant: bool = True,
+        blocksize: int = 64,
+        compute_dtype: torch.dtype | None = None,
+    ) -> "NF4Linear":
+        """Quantize a dense (out, in) weight (e.g. a merged one); compute dtype defaults to its dtype."""
+        out_features, in_features = weight.shape
+        module = cls(
+            in_features, out_features, bias=bias is not None, double_quant=double_quant,
+            blocksize=blocksize, compute_dtype=compute_dtype or weight.dtype, device=weight.device,
+        )
+        for name, tensor in quantize_nf4(weight, blocksize, double_quant).items():
+            getattr(module, name).copy_(tensor)
+        if bias is not None:
+            module.bias.data.copy_(bias.detach())
+        return module
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, double_quant: bool = True, blocksize: int = 64) -> "NF4Linear":
+        """Quantize an `nn.Linear` (weight and bias)."""
+        return cls.from_weight(linear.weight, linear.bias, double_quant=double_quant, blocksize=blocksize)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype `dequantize()` returns and the matmul runs in (alias of `compute_dtype`)."""
+        return self.compute_dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight_packed.device
+
+    def block_scales(self) -> torch.Tensor:
+        """(n_blocks,) fp32 absmax per block (undoing the double quantization if used)."""
+        if self.double_quant:
+            return dequantize_scales(self.absmax_codes, self.absmax_scale, self.absmax_mean)
+        return self.absmax
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense weight (out, in) in `compute_dtype`."""
+        return dequantize_nf4(
+            self.weight_packed, self.block_scales(), (self.out_features, self.in_features),
+            self.table, self.compute_dtype,
+        )
+
+    def nbytes(self) -> int:
+        """Bytes held by the quantized weight and all of its scales (bias excluded)."""
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "table")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (self.out_features, self.in_features)
+        y = _NF4Matmul.apply(
+            x.to(self.compute_dtype), self.weight_packed, self.block_scales(), self.table, shape
+        )
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, blocksize={self.blocksize}, "
+            f"double_quant={self.double_quant}, compute_dtype={self.compute_dtype}"
+        )
