@@ -4,16 +4,19 @@
     lorakit.inject(model, cfg)                      # in place; returns the adapted module names
     lorakit.save_adapter(model, "out/adapter")      # peft's on-disk format
 """
-from .config import LoraConfig
+from .config import AdaLoraConfig, LoraConfig, VeraConfig
 from .inject import describe_trainable, inject, preset_targets, trainable_parameters
 from .io import AdapterFormatError, load_adapter, read_config, save_adapter
 from .merge import merge, merge_and_unload, unload, unmerge
 from .routing import active_adapter, delete_adapter, disable_adapters, list_adapters, route, set_adapter
+from .train.optim import build_optimizer, loraplus_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LoraConfig", "inject", "save_adapter", "load_adapter", "read_config", "set_adapter", "disable_adapters",
+    "LoraConfig", "VeraConfig", "AdaLoraConfig", "inject", "save_adapter", "load_adapter", "read_config",
+    "set_adapter", "disable_adapters",
     "delete_adapter", "list_adapters", "active_adapter", "route", "merge", "unmerge", "merge_and_unload",
     "unload", "trainable_parameters", "describe_trainable", "preset_targets", "AdapterFormatError",
+    "loraplus_optimizer", "build_optimizer",
 ]

@@ -7,17 +7,46 @@ fields written by newer peft versions instead of crashing.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TargetSpec = Union[list[str], str, None]
 
 
-class LoraConfig(BaseModel):
-    """Where to put LoRA adapters and how they are shaped and initialised."""
+class PeftFormatConfig(BaseModel):
+    """Shared by the adapter configs: peft's on-disk JSON in and out (`PEFT_TYPE` names the method)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    PEFT_TYPE: ClassVar[str] = "LORA"
+    PEFT_EXTRAS: ClassVar[dict] = {}
+
+    @classmethod
+    def from_peft_dict(cls, data: dict[str, Any], source: str = "adapter_config.json"):
+        """Build from a peft-written config: unknown keys warn (newer peft), wrong values raise."""
+        known = set(cls.model_fields)
+        ignored = set(cls.PEFT_EXTRAS) | {"peft_type", "peft_version", "auto_mapping"}
+        inert = {k: v for k, v in PEFT_INERT_DEFAULTS.items() if data.get(k) == v}
+        unknown = sorted(k for k in data if k not in known | ignored | set(inert) and data[k] not in (None, False, {}, []))
+        if unknown:
+            warnings.warn(f"{source}: ignoring fields lorakit does not know: {', '.join(unknown)}", stacklevel=2)
+        kept = {k: v for k, v in data.items() if k in known and v is not None}
+        return cls(**kept)
+
+    def to_peft_dict(self) -> dict[str, Any]:
+        """The adapter_config.json contents peft expects for this method."""
+        out = self.model_dump()
+        out.update(self.PEFT_EXTRAS, peft_type=self.PEFT_TYPE, inference_mode=True)
+        if isinstance(out.get("target_modules"), list):
+            out["target_modules"] = sorted(set(out["target_modules"]))
+        return out
+
+
+class LoraConfig(PeftFormatConfig):
+    """Where to put LoRA adapters and how they are shaped and initialised."""
+
+    PEFT_EXTRAS: ClassVar[dict] = {"lora_bias": False, "layer_replication": None, "loftq_config": {},
+                                   "megatron_config": None, "megatron_core": "megatron.core", "revision": None}
 
     r: int = Field(8, gt=0, description="Rank of the update B·A.")
     lora_alpha: float = Field(8, description="Scale numerator: scaling = lora_alpha / r (or / sqrt(r) with use_rslora).")
@@ -38,11 +67,13 @@ class LoraConfig(BaseModel):
     modules_to_save: list[str] | None = Field(
         None, description="Whole modules (e.g. a classification head) trained and saved with the adapter."
     )
-    init_lora_weights: Union[bool, Literal["gaussian"]] = Field(
-        True, description="True: Kaiming-uniform A, zero B (identity). 'gaussian': normal A. False: random B too (tests)."
+    init_lora_weights: Union[bool, str] = Field(
+        True, description="True: Kaiming-uniform A, zero B (identity). 'gaussian': normal A. False: random B too "
+        "(tests). 'pissa' / 'pissa_niter_<k>': principal singular factors of W (full / randomized SVD), residual "
+        "left in the base (tuners/pissa.py).",
     )
     use_rslora: bool = Field(False, description="scaling = lora_alpha / sqrt(r) (rank-stabilised LoRA).")
-    use_dora: bool = Field(False, description="Weight-decomposed LoRA (not available in this version).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA): a trained magnitude per output row.")
     fan_in_fan_out: bool = Field(False, description="Base weight stored (in, out), like GPT-2's Conv1D; detected automatically.")
     task_type: str | None = Field(None, description="peft task type, e.g. CAUSAL_LM or SEQ_CLS.")
     base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
@@ -53,16 +84,19 @@ class LoraConfig(BaseModel):
     def _layers_as_list(cls, v):
         return [v] if isinstance(v, int) else v
 
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _known_init(cls, v):
+        import re
+
+        if isinstance(v, str) and v != "gaussian" and not re.fullmatch(r"pissa(_niter_\d+)?", v):
+            raise ValueError(f"init_lora_weights={v!r}: expected True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>'")
+        return v
+
     @field_validator("modules_to_save")
     @classmethod
     def _dedupe(cls, v):
         return list(dict.fromkeys(v)) if v else v
-
-    @model_validator(mode="after")
-    def _no_dora_yet(self):
-        if self.use_dora:
-            raise ValueError("use_dora=True: DoRA is not implemented in this version of lorakit")
-        return self
 
     def rank_for(self, module_name: str) -> int:
         return _pattern_value(self.rank_pattern, module_name, self.r)
@@ -70,32 +104,82 @@ class LoraConfig(BaseModel):
     def alpha_for(self, module_name: str) -> float:
         return _pattern_value(self.alpha_pattern, module_name, self.lora_alpha)
 
-    @classmethod
-    def from_peft_dict(cls, data: dict[str, Any], source: str = "adapter_config.json") -> "LoraConfig":
-        """Build from a peft-written config: unknown keys warn (newer peft), wrong values raise."""
-        known = set(cls.model_fields)
-        ignored = set(PEFT_EXTRAS) | {"peft_type", "peft_version", "auto_mapping"}
-        inert = {k: v for k, v in PEFT_INERT_DEFAULTS.items() if data.get(k) == v}
-        unknown = sorted(k for k in data if k not in known | ignored | set(inert) and data[k] not in (None, False, {}, []))
-        if unknown:
-            warnings.warn(f"{source}: ignoring fields lorakit does not know: {', '.join(unknown)}", stacklevel=2)
-        kept = {k: v for k, v in data.items() if k in known and v is not None}
-        return cls(**kept)
 
-    def to_peft_dict(self) -> dict[str, Any]:
-        """The adapter_config.json contents peft expects for a LoRA adapter."""
-        out = self.model_dump()
-        out.update(PEFT_EXTRAS, peft_type="LORA", inference_mode=True)
-        if isinstance(out["target_modules"], list):
-            out["target_modules"] = sorted(set(out["target_modules"]))
-        return out
-
-
-PEFT_EXTRAS = {"lora_bias": False, "layer_replication": None, "loftq_config": {}, "megatron_config": None,
-               "megatron_core": "megatron.core", "revision": None}
+PEFT_EXTRAS = LoraConfig.PEFT_EXTRAS
 """Fields peft writes for LoRA that lorakit does not use; written so peft reads our files as its own."""
 PEFT_INERT_DEFAULTS = {"qalora_group_size": 16}
 """Options of other peft methods that peft writes with non-empty defaults; they change nothing at these values."""
+
+
+class VeraConfig(PeftFormatConfig):
+    """VeRA (Kopiczko et al. 2024): shared frozen random A, B; per-layer trained vectors (peft's field names)."""
+
+    PEFT_TYPE: ClassVar[str] = "VERA"
+    PEFT_EXTRAS: ClassVar[dict] = {"revision": None}
+
+    r: int = Field(256, gt=0, description="Rank of the shared random projections.")
+    target_modules: TargetSpec = Field(None, description="As LoraConfig.target_modules (Linear-like layers only).")
+    exclude_modules: TargetSpec = Field(None, description="Names (exact or suffix) or a regex of modules never adapted.")
+    projection_prng_key: int = Field(0, description="Seed of the shared A (r, max_in) and B (max_out, r).")
+    save_projection: bool = Field(True, description="Store A and B in the adapter file (else regenerated from the seed).")
+    vera_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    d_initial: float = Field(0.1, description="Initial value of every lambda_d entry.")
+    fan_in_fan_out: bool = Field(False, description="Detected automatically (GPT-2 Conv1D).")
+    bias: Literal["none", "all", "vera_only"] = Field("none", description="Which biases train and are saved.")
+    modules_to_save: list[str] | None = Field(None, description="Whole modules trained and saved with the adapter.")
+    init_weights: bool = Field(True, description="True: lambda_b = 0 (identity). False: random lambdas (tests).")
+    layers_to_transform: Union[list[int], int, None] = Field(None, description="Only adapt these layer indices.")
+    layers_pattern: Union[list[str], str, None] = Field(None, description="Name of the layer list.")
+    task_type: str | None = Field(None, description="peft task type.")
+    base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
+    inference_mode: bool = Field(False, description="Written by peft.")
+
+    _layers_as_list = field_validator("layers_to_transform")(classmethod(lambda cls, v: [v] if isinstance(v, int) else v))
+
+
+class AdaLoraConfig(PeftFormatConfig):
+    """AdaLoRA (Zhang et al. 2023): SVD-form adapters whose ranks are pruned to a budget (peft's field names).
+
+    Rank budget: `init_r` per layer for `tinit` steps, cubic decrease to `target_r` (on average) at
+    `total_step - tfinal`, then fixed; masks are recomputed every `deltaT` steps. See tuners/adalora.py.
+    """
+
+    PEFT_TYPE: ClassVar[str] = "ADALORA"
+    PEFT_EXTRAS: ClassVar[dict] = {**LoraConfig.PEFT_EXTRAS, "use_dora": False, "r": 8}
+
+    init_r: int = Field(12, gt=0, description="Initial rank of every adapted layer.")
+    target_r: int = Field(8, gt=0, description="Average rank per layer at the end of the budget schedule.")
+    tinit: int = Field(0, ge=0, description="Steps of warm-up at init_r before pruning starts.")
+    tfinal: int = Field(0, ge=0, description="Final steps with the budget fixed at target_r.")
+    deltaT: int = Field(1, gt=0, description="Steps between two budget allocations.")
+    beta1: float = Field(0.85, description="EMA coefficient of the sensitivity.")
+    beta2: float = Field(0.85, description="EMA coefficient of the uncertainty.")
+    orth_reg_weight: float = Field(0.5, description="Weight of the orthogonality regulariser on P and Q.")
+    total_step: int | None = Field(None, description="Total training steps (required for training).")
+    lora_alpha: float = Field(8, description="scaling = lora_alpha (divided by the live rank in the forward).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: TargetSpec = Field(None, description="As LoraConfig.target_modules (Linear-like layers only).")
+    exclude_modules: TargetSpec = Field(None, description="Names (exact or suffix) or a regex of modules never adapted.")
+    layers_to_transform: Union[list[int], int, None] = Field(None, description="Only adapt these layer indices.")
+    layers_pattern: Union[list[str], str, None] = Field(None, description="Name of the layer list.")
+    rank_pattern: dict[str, list[bool]] | None = Field(
+        None, description="After pruning: '<module>.lora_E' -> kept-triplet mask (peft's format)."
+    )
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Unused by AdaLoRA; peft writes it.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train and are saved.")
+    modules_to_save: list[str] | None = Field(None, description="Whole modules trained and saved with the adapter.")
+    init_lora_weights: bool = Field(True, description="True: E = 0 (identity). False: random E (tests).")
+    use_rslora: bool = Field(False, description="Unused by AdaLoRA; peft writes it.")
+    fan_in_fan_out: bool = Field(False, description="Detected automatically (GPT-2 Conv1D).")
+    task_type: str | None = Field(None, description="peft task type.")
+    base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
+    inference_mode: bool = Field(False, description="Written by peft.")
+
+    _layers_as_list = field_validator("layers_to_transform")(classmethod(lambda cls, v: [v] if isinstance(v, int) else v))
+
+
+CONFIG_TYPES: dict[str, type[PeftFormatConfig]] = {"LORA": LoraConfig, "VERA": VeraConfig, "ADALORA": AdaLoraConfig}
+"""peft_type in adapter_config.json → config class."""
 
 
 def matches(spec: TargetSpec, name: str) -> bool:
@@ -116,3 +200,76 @@ def _pattern_value(patterns: dict, name: str, default):
         if name == key or name.endswith("." + key) or re.fullmatch(key, name) or re.fullmatch(rf"(.*\.)?{key}", name):
             return value
     return default
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate: names the file, line and dotted key."""
+
+
+def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] = (), base: dict | None = None):
+    """YAML file → dict → `key.sub=value` overrides (values parsed as YAML) → validated `schema`."""
+    import yaml
+    from pydantic import ValidationError
+
+    data, lines = dict(base or {}), {}
+    if path is not None:
+        try:
+            text = open(path).read()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+            lines = _yaml_lines(yaml.compose(text))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = _deep_merge(data, loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        line = lines.get(key) or next((v for k, v in lines.items() if key.startswith(k + ".")), None)
+        where = f"{path}:{line}" if path and line else (path or "config")
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+
+
+def _yaml_lines(node, prefix: str = "") -> dict[str, int]:
+    import yaml
+
+    out = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            out[key] = k.start_mark.line + 1
+            out.update(_yaml_lines(v, key + "."))
+    return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(data: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for p in parents:
+        if node.get(p) is None:
+            node[p] = {}
+        node = node[p]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {p} is not a section")
+    node[last] = value

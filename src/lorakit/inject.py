@@ -12,8 +12,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .config import LoraConfig, matches
+from .config import AdaLoraConfig, LoraConfig, VeraConfig, matches
 from .tuners.lora import LoraAdapter, LoraWrapper, ModulesToSave, is_linear_like, wrap
+from .tuners.pissa import pissa_init, pissa_niter
+from .tuners import adalora, vera
+from .tuners.dora import DoraMagnitude
 
 PRESETS: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -82,8 +85,10 @@ def select_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     return chosen
 
 
-def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> list[str]:
-    """Add a LoRA adapter named `adapter_name` to `model` in place and make it the active, trainable one.
+def inject(model: nn.Module, config: "LoraConfig | VeraConfig | AdaLoraConfig",
+           adapter_name: str = "default") -> list[str]:
+    """Add an adapter (LoRA, DoRA, PiSSA, VeRA or AdaLoRA, chosen by the config type) named `adapter_name`
+    to `model` in place and make it the active, trainable one.
 
     Returns the adapted module names. Base parameters are frozen; only this adapter's factors,
     its `modules_to_save` copies and the biases chosen by `config.bias` require grad.
@@ -95,16 +100,11 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
     saved_names = _resolve_modules_to_save(model, config.modules_to_save or [])
     for p in model.parameters():
         p.requires_grad_(False)
+    wrappers = {}
     for name in names:
         module = model.get_submodule(name)
-        wrapper = module if isinstance(module, LoraWrapper) else _replace(model, name, wrap(module))
-        r, alpha = config.rank_for(name), config.alpha_for(name)
-        weight = wrapper.base_weight_param()
-        dtype = weight.dtype if weight is not None and weight.is_floating_point() else None
-        wrapper.add(adapter_name, LoraAdapter(
-            wrapper.in_features, wrapper.out_features, r, alpha, config.lora_dropout,
-            config.use_rslora, config.init_lora_weights, dtype=dtype,
-        ))
+        wrappers[name] = module if isinstance(module, LoraWrapper) else _replace(model, name, wrap(module))
+    ADAPTER_BUILDERS[type(config)](model, config, adapter_name, wrappers)
     for name in saved_names:
         module = model.get_submodule(name)
         holder = module if isinstance(module, ModulesToSave) else _replace(model, name, ModulesToSave(module))
@@ -115,6 +115,29 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
     set_adapter(model, adapter_name)
     mark_trainable(model, adapter_name)
     return names
+
+
+def _add_lora_adapters(model: nn.Module, config: LoraConfig, adapter_name: str, wrappers: dict) -> None:
+    """LoRA (with its DoRA / PiSSA options) on every wrapper in `wrappers` (name -> wrapper)."""
+    niter = pissa_niter(config.init_lora_weights)
+    for name, wrapper in wrappers.items():
+        weight = wrapper.base_weight_param()
+        dtype = weight.dtype if weight is not None and weight.is_floating_point() else None
+        wrapper.add(adapter_name, LoraAdapter(
+            wrapper.in_features, wrapper.out_features, config.rank_for(name), config.alpha_for(name),
+            config.lora_dropout, config.use_rslora, True if niter is not False else config.init_lora_weights,
+            dtype=dtype,
+        ))
+        adapter = wrapper.adapters[adapter_name]
+        if niter is not False:
+            pissa_init(wrapper, adapter, niter)
+        if config.use_dora:
+            adapter.dora = DoraMagnitude.init_from(wrapper, adapter)
+
+
+ADAPTER_BUILDERS = {LoraConfig: _add_lora_adapters, VeraConfig: vera.build_adapters,
+                    AdaLoraConfig: adalora.build_adapters}
+"""Config type → function(model, config, adapter_name, wrappers) that adds that method's adapters."""
 
 
 def mark_trainable(model: nn.Module, adapter_name: str) -> None:

@@ -21,10 +21,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import LoraConfig
+from .config import CONFIG_TYPES, LoraConfig, PeftFormatConfig
 from .inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
 from .routing import delete_adapter, set_adapter
-from .tuners.lora import LoraEmbedding, LoraWrapper, ModulesToSave
+from .tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
+from .tuners.vera import shared_projection
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -45,24 +46,39 @@ def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tens
     for name, module in model.named_modules():
         if isinstance(module, LoraWrapper) and adapter_name in module.adapters:
             a = module.adapters[adapter_name]
+            if not isinstance(a, LoraAdapter):
+                out.update({f"{PREFIX}{name}.{k}": t for k, t in a.saved_tensors().items()})
+                continue
             if isinstance(module, LoraEmbedding):
                 out[f"{PREFIX}{name}.lora_embedding_A"] = a.lora_A
                 out[f"{PREFIX}{name}.lora_embedding_B"] = a.lora_B
             else:
                 out[f"{PREFIX}{name}.lora_A.weight"] = a.lora_A
                 out[f"{PREFIX}{name}.lora_B.weight"] = a.lora_B
+            if a.dora is not None:
+                out[f"{PREFIX}{name}.lora_magnitude_vector"] = a.dora.magnitude
         elif isinstance(module, ModulesToSave) and adapter_name in module.copies:
             for key, t in module.copies[adapter_name].state_dict(keep_vars=True).items():
                 out[f"{PREFIX}{name}.{key}"] = t
-    bias_mode = adapter_configs(model)[adapter_name].bias
+    config = adapter_configs(model)[adapter_name]
+    projection = shared_projection(model, adapter_name)
+    if projection is not None and config.save_projection:
+        out["base_model.vera_A"], out["base_model.vera_B"] = projection.vera_A, projection.vera_B
+    bias_mode = config.bias
     for key, t in bias_parameters(model, bias_mode).items():
         out[PREFIX + key.replace(".base.bias", ".base_layer.bias")] = t
     return out
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
-                 base_model_name_or_path: Optional[str] = None) -> Path:
-    """Write `adapter_name` to directory `path` in peft's format (atomically, file by file)."""
+                 base_model_name_or_path: Optional[str] = None,
+                 convert_pissa_to_lora: str | os.PathLike | None = None) -> Path:
+    """Write `adapter_name` to directory `path` in peft's format (atomically, file by file).
+
+    `convert_pissa_to_lora`: directory of the same PiSSA adapter saved right after `inject`; the
+    file written is then a rank-2r plain LoRA for the original (not the residual) base weights.
+    See `lorakit.tuners.pissa` for which to use when.
+    """
     from safetensors.torch import save_file
 
     if adapter_name not in adapter_configs(model):
@@ -70,11 +86,28 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().cpu().contiguous() for k, t in adapter_tensors(model, adapter_name).items()}
-    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
     config = resolved_config(model, adapter_name, base_model_name_or_path)
+    if convert_pissa_to_lora is not None:
+        tensors, config = _pissa_as_lora(tensors, config, convert_pissa_to_lora)
+    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
     text = json.dumps(config.to_peft_dict(), indent=2, sort_keys=True)
     _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
     return path
+
+
+def _pissa_as_lora(tensors: dict, config: LoraConfig, initial_dir) -> tuple[dict, LoraConfig]:
+    from .tuners.pissa import converted_tensors, doubled_alpha, pissa_niter
+
+    if pissa_niter(config.init_lora_weights) is False:
+        raise ValueError(f"convert_pissa_to_lora: adapter was initialised with {config.init_lora_weights!r}, not PiSSA")
+    initial = read_weights(initial_dir)
+    tensors = {k: t.contiguous() for k, t in converted_tensors(tensors, initial).items()}
+    rs = config.use_rslora
+    return tensors, config.model_copy(update=dict(
+        init_lora_weights=True, r=2 * config.r, lora_alpha=doubled_alpha(config.lora_alpha, rs),
+        rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},
+        alpha_pattern={k: doubled_alpha(v, rs) for k, v in config.alpha_pattern.items()},
+    ))
 
 
 def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path: Optional[str] = None) -> LoraConfig:
@@ -85,16 +118,21 @@ def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path
     leaves = {n.rsplit(".", 1)[-1] for n in adapted}
     others = [n for n in candidate_modules(model) if n not in adapted and n.rsplit(".", 1)[-1] in leaves]
     targets = sorted(leaves) if not others else sorted(adapted)
-    ranks = {n: a.r for n, a in adapted.items() if a.r != config.r}
-    alphas = {n: a.alpha for n, a in adapted.items() if a.alpha != config.lora_alpha}
     saved = [n for n, m in model.named_modules() if isinstance(m, ModulesToSave) and adapter_name in m.copies]
     name_or_path = base_model_name_or_path or config.base_model_name_or_path or _model_name_or_path(model)
-    return config.model_copy(update=dict(
+    update = dict(
         target_modules=targets, exclude_modules=None, layers_to_transform=None, layers_pattern=None,
-        rank_pattern=ranks, alpha_pattern=alphas, modules_to_save=saved or None,
+        modules_to_save=saved or None,
         base_model_name_or_path=name_or_path, task_type=config.task_type or _task_type(model),
         fan_in_fan_out=any(getattr(model.get_submodule(n), "fan_in_fan_out", False) for n in adapted),
-    ))
+    )
+    if isinstance(config, LoraConfig):
+        update["rank_pattern"] = {n: a.r for n, a in adapted.items() if a.r != config.r}
+        update["alpha_pattern"] = {n: a.alpha for n, a in adapted.items() if a.alpha != config.lora_alpha}
+    elif hasattr(config, "rank_pattern"):  # AdaLoRA: masks of the kept triplets, once pruned
+        masks = {f"{n}.lora_E": a.kept_mask() for n, a in adapted.items()}
+        update["rank_pattern"] = masks if any(not all(m) for m in masks.values()) else config.rank_pattern
+    return config.model_copy(update={k: v for k, v in update.items() if k in type(config).model_fields})
 
 
 def read_config(path: str | os.PathLike) -> LoraConfig:
@@ -107,10 +145,11 @@ def read_config(path: str | os.PathLike) -> LoraConfig:
     except json.JSONDecodeError as e:
         raise AdapterFormatError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
     peft_type = data.get("peft_type", "LORA")
-    if peft_type != "LORA":
-        raise AdapterFormatError(f"{file}: peft_type {peft_type!r} is not supported by load_adapter (expected 'LORA')")
+    if peft_type not in CONFIG_TYPES:
+        raise AdapterFormatError(f"{file}: peft_type {peft_type!r} is not supported by load_adapter "
+                                 f"(expected one of {sorted(CONFIG_TYPES)})")
     try:
-        return LoraConfig.from_peft_dict(data, source=str(file))
+        return CONFIG_TYPES[peft_type].from_peft_dict(data, source=str(file))
     except ValueError as e:
         raise AdapterFormatError(f"{file}: {_first_error(e)}") from None
 
@@ -148,7 +187,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     config = read_config(path)
     weights = read_weights(path, allow_pickle)
     config = _drop_absent_modules_to_save(model, config)
-    names = inject(model, config.model_copy(update={"init_lora_weights": True}), adapter_name)
+    fresh = {k: True for k in ("init_lora_weights", "init_weights") if k in type(config).model_fields}
+    names = inject(model, config.model_copy(update=fresh), adapter_name)
     try:
         _copy_checked(model, adapter_name, weights, Path(path) / WEIGHTS_NAME)
     except Exception:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .inject import _replace, adapter_configs
-from .tuners.lora import LoraEmbedding, LoraWrapper, ModulesToSave
+from .tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
 
 
 def _holders(model: nn.Module):
@@ -90,6 +90,9 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
     wrappers = [w for _, w in _holders(model) if isinstance(w, LoraWrapper)]
     if any(w.merged for w in wrappers):
         raise RuntimeError("cannot route rows while an adapter is merged; unmerge first")
+    if any(type(a) is not LoraAdapter or a.dora is not None
+           for w in wrappers for n in used if n in w.adapters for a in [w.adapters[n]]):
+        raise NotImplementedError("route() mixes plain LoRA adapters only (not DoRA/VeRA/AdaLoRA); use set_adapter")
     saved_to = [m for _, m in _holders(model) if isinstance(m, ModulesToSave)]
     if saved_to and len(set(names_per_row)) > 1:
         raise NotImplementedError("route() with modules_to_save adapters is not supported; use set_adapter")
@@ -105,18 +108,22 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
 
 
 class _RowDelta:
-    """Per-row adapter update for one wrapper: (b, ..., in) -> (b, ..., out)."""
+    """Per-row adapter update for one wrapper: `(x, y) -> y + delta`, x (b, ..., in), y (b, ..., out)."""
 
     def __init__(self, wrapper: LoraWrapper, used: list[str], rows: torch.Tensor):
         present = [wrapper.adapters[n] if n in wrapper.adapters else None for n in used]
         real = [a for a in present if a is not None]
+        # A layer that none of the batch's rows adapts returns the base output untouched.
+        self.skip = not any(s > 0 and present[s - 1] is not None for s in set(rows.tolist()))
         like = real[0].lora_A if real else None
         r_max = max((a.r for a in real), default=1)
         n_in, n_out = wrapper.in_features, wrapper.out_features
         self.embedding = isinstance(wrapper, LoraEmbedding)
         self.n_in = n_in
-        a_stack = torch.zeros(len(used) + 1, n_in, r_max, dtype=like.dtype if like is not None else None,
-                              device=like.device if like is not None else None)
+        self.rows = rows.to(like.device if like is not None else None)
+        if self.skip:
+            return
+        a_stack = torch.zeros(len(used) + 1, n_in, r_max, dtype=like.dtype, device=like.device)
         b_stack = torch.zeros(len(used) + 1, r_max, n_out, dtype=a_stack.dtype, device=a_stack.device)
         with torch.no_grad():
             for i, a in enumerate(present, start=1):
@@ -124,7 +131,7 @@ class _RowDelta:
                     a_stack[i, :, : a.r] = a.lora_A.T
                     b_stack[i, : a.r, :] = a.lora_B.T * a.scaling
         self.a_stack, self.b_stack = a_stack, b_stack
-        self.rows = rows.to(a_stack.device)
+        self.a_flat = a_stack.view(-1, r_max)  # embeddings: row (slot * n_in + id) is A[:, id] of that slot
 
     def _rows_for(self, batch: int) -> torch.Tensor:
         n = self.rows.numel()
@@ -134,14 +141,18 @@ class _RowDelta:
             raise ValueError(f"route(): batch of {batch} rows does not fit the {n} names given")
         return self.rows.repeat_interleave(batch // n)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rows = self._rows_for(x.shape[0])
+        if self.skip:
+            return y
+        b = x.shape[0]
+        # index_select on the contiguous stacks: a plain row copy, much cheaper than advanced indexing.
         if self.embedding:
-            flat = self.a_stack.reshape(-1, self.a_stack.shape[-1])
-            h = flat[(rows.view(-1, *([1] * (x.dim() - 1))) * self.n_in + x)]
-            h = h.reshape(x.shape[0], -1, h.shape[-1])
-            out_shape = (*x.shape, self.b_stack.shape[-1])
+            idx = rows.view(-1, *([1] * (x.dim() - 1))) * self.n_in + x
+            h = self.a_flat.index_select(0, idx.reshape(-1)).view(b, -1, self.a_flat.shape[-1])
         else:
-            h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]).to(self.a_stack.dtype), self.a_stack[rows])
-            out_shape = (*x.shape[:-1], self.b_stack.shape[-1])
-        return torch.bmm(h, self.b_stack[rows]).reshape(out_shape)
+            h = torch.bmm(x.reshape(b, -1, x.shape[-1]).to(self.a_stack.dtype), self.a_stack.index_select(0, rows))
+        b_rows = self.b_stack.index_select(0, rows)
+        if y.dtype == h.dtype:  # the add fused into the second matmul
+            return torch.baddbmm(y.reshape(b, -1, y.shape[-1]), h, b_rows).view(y.shape)
+        return y + torch.bmm(h, b_rows).view(y.shape).to(y.dtype)

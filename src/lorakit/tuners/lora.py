@@ -5,7 +5,8 @@
 A wrapper holds its base module and any number of named adapters; exactly one (or none) is
 active. `delta_weight()` is the only place ΔW = scaling · B A is formed: merge, unmerge, export
 and adapter arithmetic all use it. Per-row mixed-adapter batches are handled by `routing.py`,
-which installs a `row_delta` callable on the wrapper for the duration of a `route()` block.
+which installs a `row_delta` callable on the wrapper for the duration of a `route()` block;
+`row_delta(x, y)` returns the base output y plus each row's own adapter update.
 """
 from __future__ import annotations
 
@@ -34,12 +35,15 @@ class LoraAdapter(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=dtype, device=device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dora = None  # optional DoraMagnitude (tuners/dora.py): turns this adapter into DoRA
         INIT_A[init](self.lora_A)
         if init is False:
             nn.init.normal_(self.lora_B, std=0.1)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = scaling · B A, shape (out, in), in the factors' dtype."""
+    def delta_weight(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """ΔW = scaling · B A, shape (out, in), in `dtype` (default: the factors' dtype)."""
+        if dtype is not None:
+            return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,13 +105,17 @@ class LoraWrapper(nn.Module):
             return
         if self.merged is not None:
             raise RuntimeError(f"adapter {self.merged!r} is already merged; unmerge it first")
-        self._add_to_base(self._base_delta(self.active), safe)
+        adapter = self.active
+        dora = getattr(adapter, "dora", None)
+        self._add_to_base(self._base_delta(adapter) if dora is None else dora.merge_delta(self, adapter), safe)
         self.merged = name
 
     def unmerge(self) -> None:
         if self.merged is None:
             return
-        self._add_to_base(-self._base_delta(self.adapters[self.merged]), safe=False)
+        adapter = self.adapters[self.merged]
+        dora = getattr(adapter, "dora", None)
+        self._add_to_base(-self._base_delta(adapter) if dora is None else dora.unmerge_delta(self, adapter), safe=False)
         self.merged = None
 
     def _add_to_base(self, delta: torch.Tensor, safe: bool) -> None:
@@ -148,9 +156,16 @@ class LoraLinear(LoraWrapper):
         y = self.base(x)
         adapter = self.active
         if self.row_delta is not None:
-            return y + self.row_delta(x).to(y.dtype)
+            return self.row_delta(x, y)
         if adapter is None or self.merged is not None:
             return y
+        if adapter.dora is not None:
+            return adapter.dora(self, adapter, x, y)
+        if type(adapter) is LoraAdapter and x.dtype == y.dtype == adapter.lora_A.dtype:
+            # y + scaling · B A x with the add fused into the B matmul: one pass over y fewer.
+            h = F.linear(adapter.dropout(x), adapter.lora_A) * adapter.scaling
+            y2 = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), adapter.lora_B.t())
+            return y2.view(y.shape)
         if x.dtype != adapter.lora_A.dtype:
             return y + adapter(x.to(adapter.lora_A.dtype)).to(y.dtype)
         return y + adapter(x)
@@ -173,10 +188,12 @@ class LoraEmbedding(LoraWrapper):
         y = self.base(ids)
         adapter = self.active
         if self.row_delta is not None:
-            return y + self.row_delta(ids).to(y.dtype)
+            return self.row_delta(ids, y)
         if adapter is None or self.merged is not None:
             return y
         h = F.embedding(ids, adapter.lora_A.T, padding_idx=None)
+        if adapter.dora is not None:
+            return adapter.dora.embedding_forward(adapter, y, F.linear(h, adapter.lora_B) * adapter.scaling, self)
         return y + (F.linear(h, adapter.lora_B) * adapter.scaling).to(y.dtype)
 
 
@@ -213,7 +230,7 @@ class ModulesToSave(nn.Module):
 
 
 def _fp32_delta(adapter: LoraAdapter) -> torch.Tensor:
-    return (adapter.lora_B.float() @ adapter.lora_A.float()) * adapter.scaling
+    return adapter.delta_weight(torch.float32)
 
 
 def _is_conv1d(module: nn.Module) -> bool:

@@ -1,0 +1,1 @@
+"""Training: the SFT / classification loop and its parts (losses, schedule, checkpoints, logs)."""
