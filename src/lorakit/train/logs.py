@@ -1,0 +1,68 @@
+"""Run logs: metrics.jsonl (one JSON object per line), TensorBoard events when installed, a loss-curve PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends rows to `<dir>/metrics.jsonl` and mirrors scalars to TensorBoard if it is installed."""
+
+    def __init__(self, directory: Path, resume: bool = False, until_step: int | None = None):
+        self.path = Path(directory) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists() and until_step is not None:
+            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= until_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        elif not resume:
+            self.path.write_text("")
+        self._tb = _tensorboard(Path(directory) / "tensorboard")
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None and "step" in row:
+            prefix = "eval" if row.get("split") == "eval" else "train"
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("step", "split"):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    def rows(self) -> list[dict]:
+        return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard(directory: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory))
+
+
+def plot_loss(rows: list[dict], target: Path) -> Path:
+    """Train (and eval) loss against step, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
+    evals = [(r["step"], r["loss"]) for r in rows if r.get("split") == "eval" and "loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per target token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(target)
+    plt.close(fig)
+    return target

@@ -1,0 +1,184 @@
+"""The training loop, top to bottom: prepare → (resume) → steps with accumulation → eval/checkpoint → save.
+
+Loss normalisation: an optimizer step takes `grad_accum` micro-batches, counts the target tokens
+(classification: examples) over all of them first, and backpropagates Σloss / total for each, so
+k micro-batches give exactly the gradient of one batch holding all their rows.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..io import save_adapter
+from . import checkpoint
+from .config import RunConfig
+from .evaluate import EvalResult, accuracy, exact_match, generate_answers, mean_loss
+from .losses import count_targets
+from .logs import MetricsLog, plot_loss
+from .optim import build_optimizer
+from .prepare import Prepared, prepare
+from .schedule import build_scheduler
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on purpose (e.g. a non-finite loss); the message says why and what was kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    final_eval: Optional[EvalResult] = None
+    first_eval: Optional[EvalResult] = None
+    adapter_dir: Optional[Path] = None
+    seconds: float = 0.0
+    target_tokens: int = 0
+    stopped_early: bool = False
+
+
+def evaluate(run: Prepared, config: RunConfig, generate: bool = True) -> EvalResult:
+    """Eval loss / perplexity, and exact match (chat data) or accuracy (classification)."""
+    result = EvalResult()
+    if run.eval_batches is None:
+        return result
+    result.loss, result.perplexity = mean_loss(run.model, _one_epoch(run.eval_batches), run.loss_sum)
+    if config.task == "classification":
+        result.accuracy = accuracy(run.model, _one_epoch(run.eval_batches))
+    elif generate and config.eval.generate and run.eval_conversations:
+        result.samples = generate_answers(run.model, run.tokenizer, run.eval_conversations,
+                                          config.eval.max_new_tokens, config.eval.batch_size)
+        result.exact_match = exact_match(result.samples)
+    return result
+
+
+def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = None,
+          eval_before: bool = False, quiet: bool = False) -> TrainResult:
+    """Run one training job described by `config`; returns losses, evals and where things were saved."""
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    run = run or prepare(config)
+    model, tc = run.model, config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("nothing to train: no parameter requires grad")
+    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, loraplus_lr_ratio=tc.loraplus_lr_ratio)
+    total = tc.steps or max(1, math.ceil(tc.epochs * len(run.train_batches) / tc.grad_accum))
+    scheduler = build_scheduler(optimizer, total, tc.warmup_steps, tc.schedule)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    result = TrainResult(out, total)
+    if eval_before:
+        result.first_eval = evaluate(run, config)
+    state = {"best_eval_loss": None, "bad_evals": 0, "batches": run.train_batches.state_dict()}
+    start = 0
+    if resume:
+        found = checkpoint.latest(out)
+        if found is None:
+            raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(out)}")
+        state = checkpoint.restore(found, model, optimizer, scheduler)
+        run.train_batches.load_state_dict(state["batches"])
+        start = state["step"]
+    log = MetricsLog(out, resume=resume, until_step=start)
+    stream = _forever(run.train_batches)
+    fault_step = int(os.environ.get("LORAKIT_FAULT_AFTER_STEP", "0"))  # tests: simulate a kill
+
+    model.train()
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=quiet, dynamic_ncols=True)
+    t0, tokens_seen = time.perf_counter(), 0
+    for step in range(start + 1, total + 1):
+        micro = [next(stream) for _ in range(tc.grad_accum)]
+        n_targets = sum(count_targets(b) for b in micro)
+        loss_total = 0.0
+        for batch in micro:
+            loss = run.loss_sum(model, batch) / max(n_targets, 1)
+            loss.backward()
+            loss_total += float(loss)
+            tokens_seen += _real_tokens(batch)
+        if not math.isfinite(loss_total):
+            last = checkpoint.latest(out)
+            kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"step {step}: loss is {loss_total}; training stopped ({kept})")
+        if tc.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(loss_total)
+        result.target_tokens += n_targets
+
+        elapsed = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / elapsed:.0f}", refresh=False)
+        bar.update(1)
+        if step % tc.log_every == 0 or step == total:
+            log.write({"split": "train", "step": step, "loss": loss_total, "lr": lr, "targets": n_targets,
+                       "tokens_per_s": tokens_seen / elapsed, "elapsed_s": round(elapsed, 3)})
+
+        last_step = step == total
+        if run.eval_batches is not None and ((tc.eval_every and step % tc.eval_every == 0) or last_step):
+            ev = evaluate(run, config, generate=last_step)
+            log.write({"split": "eval", "step": step, **ev.metrics()})
+            result.final_eval = ev
+            if ev.loss is not None and (state["best_eval_loss"] is None or ev.loss < state["best_eval_loss"]):
+                state["best_eval_loss"], state["bad_evals"] = ev.loss, 0
+            else:
+                state["bad_evals"] += 1
+            if tc.early_stopping_patience and state["bad_evals"] >= tc.early_stopping_patience and not last_step:
+                bar.write(f"early stopping at step {step}: eval loss did not improve for {state['bad_evals']} evals")
+                result.stopped_early = True
+        if (tc.save_every and step % tc.save_every == 0) or last_step or result.stopped_early:
+            state["batches"] = run.train_batches.state_dict()
+            checkpoint.save(out, step, model, optimizer, scheduler, state,
+                            lambda d: _write_artifacts(run, config, d), tc.keep_last)
+        if fault_step and step == fault_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if result.stopped_early:
+            result.steps = step
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    if result.stopped_early and result.final_eval is not None and run.eval_conversations:
+        result.final_eval = evaluate(run, config)
+    result.adapter_dir = _write_artifacts(run, config, out)
+    log.close()
+    plot_loss(log.rows(), out / "loss_curve.png")
+    return result
+
+
+def _write_artifacts(run: Prepared, config: RunConfig, directory: Path) -> Path:
+    """The adapter (LoRA) or the whole model (full fine-tuning), plus the resolved config."""
+    directory = Path(directory)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if config.method == "full":
+        target = directory / "model"
+        run.model.save_pretrained(target)
+        run.tokenizer.save_pretrained(target)
+        return target
+    return save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name)
+
+
+def _real_tokens(batch: dict) -> int:
+    """Non-padding tokens of a padded batch (packed rows carry almost no padding: counted whole)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
+
+
+def _forever(loader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def _one_epoch(loader) -> Iterator[dict]:
+    state = loader.state_dict()
+    yield from loader
+    loader.load_state_dict(state)

@@ -1,0 +1,147 @@
+"""Everything a run needs before its first step: validated data, the model with its adapter, batches.
+
+Order matters for the user: data files are read and every row validated *before* the model is
+loaded, so a bad row fails in a second, not after a minute of model loading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..inject import inject
+from ..data import bundled
+from ..data.batching import BatchLoader, grouped_batches, packed_batches
+from ..data.formats import Dataset, load_dataset
+from ..data.io import DataError
+from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
+from ..models import load_causal_lm, load_classifier
+from .config import RunConfig
+from .losses import causal_lm_loss_sum, classification_loss_sum
+
+LOSSES: dict[str, Callable] = {"sft": causal_lm_loss_sum, "classification": classification_loss_sum}
+DATA_KINDS = {"sft": ("chat", "text"), "classification": ("classification",)}
+HEAD_NAMES = ("classifier", "score")
+
+
+@dataclass
+class Data:
+    train: Dataset
+    eval: Optional[Dataset]
+    labels: Optional[list] = None  # classification label names, index = class id
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    tokenizer: Any
+    train_batches: BatchLoader
+    eval_batches: Optional[BatchLoader]
+    eval_conversations: list = field(default_factory=list)
+    loss_sum: Callable = causal_lm_loss_sum
+    stats: dict = field(default_factory=dict)
+    labels: Optional[list] = None
+
+
+def data_path(value: str, key: str) -> Path:
+    """`bundled:NAME` → the shipped file; anything else must be an existing file."""
+    if value.startswith("bundled:"):
+        try:
+            return bundled.path(value.split(":", 1)[1])
+        except KeyError as e:
+            raise DataError(f"{key}: {e.args[0]}") from None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {value}")
+    return path
+
+
+def load_data(config: RunConfig) -> Data:
+    """Read and validate every row of the train and eval files."""
+    train = load_dataset(data_path(config.data.train, "data.train"), config.data.format)
+    evals = load_dataset(data_path(config.data.eval, "data.eval"), config.data.format) if config.data.eval else None
+    for ds in filter(None, (train, evals)):
+        if ds.kind not in DATA_KINDS[config.task]:
+            raise DataError(f"{ds.source}: {ds.kind} data cannot train task {config.task!r}")
+    labels = None
+    if config.task == "classification":
+        label_map = build_label_map([r["label"] for r in train.rows])
+        unseen = sorted({str(r["label"]) for r in (evals.rows if evals else [])} - {str(l) for l in label_map})
+        if unseen:
+            raise DataError(f"{evals.source}: labels not in the training data: {', '.join(unseen[:5])}")
+        labels = list(label_map)
+    return Data(train, evals, labels)
+
+
+def load_model(config: RunConfig, labels: Optional[list] = None):
+    """(model, tokenizer) with the base quantized if asked; no adapter yet."""
+    if config.task == "classification":
+        model, tokenizer = load_classifier(config.model.name, labels, config.model.dtype)
+    else:
+        model, tokenizer = load_causal_lm(config.model.name, config.model.dtype)
+    if config.model.quantization:
+        from ..quant import quantize
+
+        quantize(model, method=config.model.quantization)
+    return model, tokenizer
+
+
+def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
+    """LoRA: inject the adapter (a classifier's head goes to modules_to_save). Full: unfreeze all."""
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return []
+    lora = config.lora
+    if config.task == "classification" and not lora.modules_to_save:
+        heads = [h for h in HEAD_NAMES if hasattr(model, h)]
+        lora = lora.model_copy(update={"modules_to_save": heads[:1] or None, "task_type": "SEQ_CLS"})
+    if lora.base_model_name_or_path is None:
+        lora = lora.model_copy(update={"base_model_name_or_path": config.model.name})
+    names = inject(model, lora)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return names
+
+
+def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
+    """Tokenised (train, eval) examples and the encoding stats of each split."""
+    def one(ds: Dataset) -> tuple[list, EncodeStats]:
+        if config.task == "classification":
+            label_map = {l: i for i, l in enumerate(data.labels)}
+            return encode_classification(tokenizer, ds.rows, config.data.max_length, label_map)
+        return encode_dataset(tokenizer, ds, config.data.max_length)
+
+    train, train_stats = one(data.train)
+    if not train:
+        raise DataError(f"{data.train.source}: no example left with a target token after truncation")
+    evals, eval_stats = one(data.eval) if data.eval else ([], None)
+    return train, evals, {"train": train_stats, "eval": eval_stats}
+
+
+def batches(config: RunConfig, examples: list, pad_id: int, seed: int, for_eval: bool = False) -> BatchLoader:
+    """Token-budget batches: packed rows or length-grouped padded rows (classification: grouped)."""
+    budget = max(config.data.max_tokens, max(len(e) for e in examples))
+    if config.data.batching == "packed" and config.task == "sft" and not for_eval:
+        return packed_batches(examples, max(config.data.max_length, max(len(e) for e in examples)), budget, pad_id, seed)
+    return grouped_batches(examples, budget, pad_id, seed)
+
+
+def prepare(config: RunConfig, data: Optional[Data] = None) -> Prepared:
+    data = data or load_data(config)
+    torch.manual_seed(config.train.seed)
+    model, tokenizer = load_model(config, data.labels)
+    attach_method(model, config)
+    train, evals, stats = encode(config, tokenizer, data)
+    pad = tokenizer.pad_token_id
+    conversations = [r for r in data.eval.rows][: config.eval.max_samples] if data.eval and data.eval.kind == "chat" else []
+    return Prepared(
+        model=model, tokenizer=tokenizer,
+        train_batches=batches(config, train, pad, config.train.seed),
+        eval_batches=batches(config, evals[: config.eval.max_samples], pad, 0, for_eval=True) if evals else None,
+        eval_conversations=conversations, loss_sum=LOSSES[config.task], stats=stats, labels=data.labels,
+    )
+
