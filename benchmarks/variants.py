@@ -5,6 +5,9 @@
 Every (library, variant) model is built once; timing rounds are interleaved (each round runs every
 model for `--steps` fwd+bwd steps) and the median over rounds is reported, with each library's
 variant / LoRA ratio. r=16 on all linear layers (not the LM head), batch 4×128, fp32 (TF32 on GPU).
+An AdaLoRA step also pays for its training extras, in both libraries: the orthogonality penalty in
+the loss and the rank allocation after backward (init_r=16 → target_r=8 over 1000 steps, so every
+timed step is in the pruning phase: importance update and a new mask each step).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import warnings
 import torch
 
 import lorakit
+from lorakit.tuners import adalora
 
 
 def base_model(device):
@@ -41,7 +45,10 @@ def lorakit_model(variant, device):
                                                  total_step=1000),
     }[variant]()
     lorakit.inject(model, cfg)
-    return model
+    if variant == "AdaLoRA":
+        hooks = adalora.training_hooks(model)
+        return model, hooks.regularizer, hooks.after_backward
+    return model, None, None
 
 
 def peft_model(variant, device):
@@ -56,12 +63,21 @@ def peft_model(variant, device):
     }[variant]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return peft.get_peft_model(base_model(device), cfg)
+        model = peft.get_peft_model(base_model(device), cfg)
+    if variant == "AdaLoRA":  # peft adds the orthogonality penalty to the loss inside its forward
+        return model, None, lambda m, i: m.base_model.update_and_allocate(i)
+    return model, None, None
 
 
-def step(model, ids, device):
+def step(entry, ids, device, i):
+    """One fwd+bwd step (plus AdaLoRA's penalty and allocation); `i` counts steps from 1."""
+    model, penalty, after_backward = entry
     loss = model(input_ids=ids, labels=ids).loss
+    if penalty is not None:
+        loss = loss + penalty(model)
     loss.backward()
+    if after_backward is not None:
+        after_backward(model, i)
     for p in model.parameters():
         p.grad = None
     if device.type == "cuda":
@@ -82,20 +98,27 @@ def main():
     for v in variants:
         for lib, make in (("lorakit", lorakit_model), ("peft", peft_model)):
             try:
-                models[(lib, v)] = make(v, device).train()
+                models[(lib, v)] = make(v, device)
+                models[(lib, v)][0].train()
             except NotImplementedError as e:
                 skipped.append(f"{lib} {v}: {e or 'not implemented'}")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 49152, (4, 128), generator=g).to(device)
-    for m in models.values():  # warm-up
-        step(m, ids, device)
-        step(m, ids, device)
+    counts = {k: 0 for k in models}
+
+    def run(key):
+        counts[key] += 1
+        step(models[key], ids, device, counts[key])
+
+    for key in models:  # warm-up
+        run(key)
+        run(key)
     times = {k: [] for k in models}
     for _ in range(args.repeats):
-        for key, m in models.items():
+        for key in models:
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                step(m, ids, device)
+                run(key)
             times[key].append((time.perf_counter() - t0) / args.steps)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -152,11 +152,13 @@ class AdaLoraConfig(PeftFormatConfig):
     tinit: int = Field(0, ge=0, description="Steps of warm-up at init_r before pruning starts.")
     tfinal: int = Field(0, ge=0, description="Final steps with the budget fixed at target_r.")
     deltaT: int = Field(1, gt=0, description="Steps between two budget allocations.")
-    beta1: float = Field(0.85, description="EMA coefficient of the sensitivity.")
-    beta2: float = Field(0.85, description="EMA coefficient of the uncertainty.")
-    orth_reg_weight: float = Field(0.5, description="Weight of the orthogonality regulariser on P and Q.")
-    total_step: int | None = Field(None, description="Total training steps (required for training).")
-    lora_alpha: float = Field(8, description="scaling = lora_alpha (divided by the live rank in the forward).")
+    beta1: float = Field(0.85, gt=0, lt=1, description="EMA coefficient of the sensitivity.")
+    beta2: float = Field(0.85, gt=0, lt=1, description="EMA coefficient of the uncertainty.")
+    orth_reg_weight: float = Field(0.5, ge=0, description="Weight of the orthogonality regulariser on P and Q.")
+    total_step: int | None = Field(
+        None, gt=0, description="Total training steps of the budget schedule (the trainer fills in its step count).")
+    lora_alpha: float = Field(
+        8, description="ΔW is scaled by lora_alpha / init_r (init_r also after pruning; lora_alpha <= 0: 1).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: TargetSpec = Field(None, description="As LoraConfig.target_modules (Linear-like layers only).")
     exclude_modules: TargetSpec = Field(None, description="Names (exact or suffix) or a regex of modules never adapted.")
@@ -168,7 +170,8 @@ class AdaLoraConfig(PeftFormatConfig):
     alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Unused by AdaLoRA; peft writes it.")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train and are saved.")
     modules_to_save: list[str] | None = Field(None, description="Whole modules trained and saved with the adapter.")
-    init_lora_weights: bool = Field(True, description="True: E = 0 (identity). False: random E (tests).")
+    init_lora_weights: bool = Field(
+        True, description="True: E = 0, A and B ~ N(0, 0.02) (identity). False: all three ~ N(0, 1) (tests).")
     use_rslora: bool = Field(False, description="Unused by AdaLoRA; peft writes it.")
     fan_in_fan_out: bool = Field(False, description="Detected automatically (GPT-2 Conv1D).")
     task_type: str | None = Field(None, description="peft task type.")
@@ -238,8 +241,12 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] 
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        overridden = [o.partition("=")[0].strip() for o in overrides]
         line = lines.get(key) or next((v for k, v in lines.items() if key.startswith(k + ".")), None)
-        where = f"{path}:{line}" if path and line else (path or "config")
+        if any(key == k or key.startswith(k + ".") for k in overridden):
+            where = "override"
+        else:
+            where = f"{path}:{line}" if path and line else (path or "config")
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ConfigError(f"{where}: {key}: {msg}{more}") from None
 

@@ -5,16 +5,20 @@ Keys are built from module paths here and only here:
     base_model.model.<path>.lora_B.weight            (out, r)
     base_model.model.<path>.lora_embedding_A         (r, num_embeddings)
     base_model.model.<path>.lora_embedding_B         (dim, r)
+    base_model.model.<path>.lora_A / lora_E / lora_B  AdaLoRA: (r', in) / (r', 1) / (out, r'), kept triplets only
     base_model.model.<path>.<param>                  modules_to_save (the trained copy)
     base_model.model.<path>.base_layer.bias / <path>.bias   biases under bias="all" / "lora_only"
 Loading checks the key set and every shape before copying anything: a mismatch is one error
 listing what is missing, unexpected or wrongly shaped, and the model is left as it was.
+An adapter trained on a quantized base (QLoRA) also gets `base_quantization.json` (lorakit's own
+file; peft ignores it) saying how, so a merge can rebuild the exact base it was trained on.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +27,7 @@ from torch import nn
 
 from .config import CONFIG_TYPES, LoraConfig, PeftFormatConfig
 from .inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
+from .quant import quant_spec
 from .routing import delete_adapter, set_adapter
 from .tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
 from .tuners.vera import shared_projection
@@ -30,6 +35,7 @@ from .tuners.vera import shared_projection
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+BASE_QUANTIZATION_NAME = "base_quantization.json"  # lorakit only: the quantized base of a QLoRA adapter
 PREFIX = "base_model.model."
 TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS",
               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS",
@@ -92,7 +98,28 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
     text = json.dumps(config.to_peft_dict(), indent=2, sort_keys=True)
     _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
+    spec = quant_spec(model)
+    if spec is not None:
+        spec_text = json.dumps(spec, indent=2, sort_keys=True)
+        _atomic_write(path / BASE_QUANTIZATION_NAME, lambda f: Path(f).write_text(spec_text))
+    elif (path / BASE_QUANTIZATION_NAME).exists():
+        (path / BASE_QUANTIZATION_NAME).unlink()
     return path
+
+
+def read_base_quantization(path: str | os.PathLike) -> Optional[dict]:
+    """How the base an adapter was trained on was quantized (QLoRA), or None for a full-precision base.
+
+    lorakit writes this beside the adapter (`base_quantization.json`, ignored by peft) rather than
+    into `adapter_config.json`, so that file stays exactly peft's schema.
+    """
+    file = Path(path) / BASE_QUANTIZATION_NAME
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterFormatError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
 def _pissa_as_lora(tensors: dict, config: LoraConfig, initial_dir) -> tuple[dict, LoraConfig]:
@@ -132,6 +159,9 @@ def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path
     elif hasattr(config, "rank_pattern"):  # AdaLoRA: masks of the kept triplets, once pruned
         masks = {f"{n}.lora_E": a.kept_mask() for n, a in adapted.items()}
         update["rank_pattern"] = masks if any(not all(m) for m in masks.values()) else config.rank_pattern
+        if config.total_step is None:
+            warnings.warn("AdaLoRA adapter saved without total_step: peft refuses to load it; set "
+                          "AdaLoraConfig.total_step (training_hooks and the trainer fill it in)", stacklevel=3)
     return config.model_copy(update={k: v for k, v in update.items() if k in type(config).model_fields})
 
 
@@ -264,4 +294,4 @@ def _first_error(e: ValueError) -> str:
     return str(e)
 
 
-__all__ = ["save_adapter", "load_adapter", "read_config", "read_weights", "AdapterFormatError"]
+__all__ = ["save_adapter", "load_adapter", "read_config", "read_weights", "read_base_quantization", "AdapterFormatError"]

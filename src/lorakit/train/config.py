@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import LoraConfig
+from ..config import AdaLoraConfig, LoraConfig
 from ..models import DEFAULT_CAUSAL_LM
 
 
@@ -64,9 +64,14 @@ class EvalSection(_Section):
 
 class RunConfig(_Section):
     task: Literal["sft", "classification"] = Field("sft", description="Instruction SFT or sequence classification.")
-    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter, or full fine-tuning (baseline).")
+    method: Literal["lora", "adalora", "full"] = Field(
+        "lora", description="LoRA adapter (`lora:` section), AdaLoRA (`adalora:` section: ranks reallocated while "
+        "training), or full fine-tuning (baseline).")
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    adalora: AdaLoraConfig = Field(
+        default_factory=lambda: AdaLoraConfig(target_modules="all-linear"),
+        description="Used with method: adalora. total_step left unset: the trainer's step count.")
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -76,7 +81,16 @@ class RunConfig(_Section):
     def _consistent(self):
         if self.task == "classification" and self.data.format not in (None, "classification"):
             raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
+        unused = "lora" if self.method == "adalora" else "adalora"  # (full ignores `lora:`, as it always did)
+        if getattr(self, unused) != type(self).model_fields[unused].default_factory():
+            raise ValueError(f"`{unused}:` settings are given but method is {self.method!r}; "
+                             f"set method: {unused} or remove them")
         return self
+
+    @property
+    def adapter(self) -> LoraConfig | AdaLoraConfig:
+        """The adapter config the method uses: `lora` or `adalora` (the other section is absent)."""
+        return self.adalora if self.method == "adalora" else self.lora
 
     @property
     def out(self) -> Path:
