@@ -20,6 +20,8 @@ Plain text rows: every token is a target, and ``eos`` is appended.
 """
 from __future__ import annotations
 
+import weakref
+
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -80,27 +82,37 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def end_of_turn_token(tokenizer: Any) -> str:
     """The token that ends a turn: ``<|im_end|>`` when in the vocabulary, else ``eos_token``."""
-    vocab = tokenizer.get_vocab()
-    if FALLBACK_EOT in vocab or tokenizer.eos_token is None:
+    if _marker_ids(tokenizer).get(FALLBACK_EOT) is not None or tokenizer.eos_token is None:
         return FALLBACK_EOT
     return tokenizer.eos_token
 
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+_MARKER_IDS: "weakref.WeakKeyDictionary[Any, dict[str, int | None]]" = weakref.WeakKeyDictionary()
+
+
+def _marker_ids(tokenizer: Any) -> dict[str, int | None]:
+    """Ids of the end-of-turn markers in the vocabulary (None if absent), looked up once per
+    tokenizer: `get_vocab()` builds a 49k-entry dict on every call."""
+    ids = _MARKER_IDS.get(tokenizer)
+    if ids is None:
+        vocab = tokenizer.get_vocab()
+        ids = _MARKER_IDS[tokenizer] = {t: vocab.get(t) for t in END_OF_TURN_TOKENS}
+    return ids
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """Token id of the end-of-turn marker (the fallback's EOT, else the tokenizer's eos)."""
     if has_chat_template(tokenizer):
         return tokenizer.eos_token_id
-    return tokenizer.get_vocab().get(end_of_turn_token(tokenizer))
+    token = end_of_turn_token(tokenizer)
+    return _marker_ids(tokenizer).get(token) if token in END_OF_TURN_TOKENS else tokenizer.eos_token_id
 
 
 def end_of_turn_ids(tokenizer: Any) -> set[int]:
     """Ids that may end an assistant turn: ``end_of_turn_id`` plus known chat-template markers
     (``<|im_end|>``, ``<|eot_id|>``, ``<|end|>``, ``<end_of_turn>``) present in the vocabulary."""
-    vocab = tokenizer.get_vocab()
-    ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+    ids = {i for i in _marker_ids(tokenizer).values() if i is not None}
     return ids | ({end_of_turn_id(tokenizer)} - {None})
 
 

@@ -6,6 +6,7 @@ k micro-batches give exactly the gradient of one batch holding all their rows.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..io import save_adapter
+from ..tuners import adalora
 from . import checkpoint
 from .config import RunConfig
 from .evaluate import EvalResult, accuracy, exact_match, generate_answers, mean_loss
@@ -66,6 +68,9 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     """Run one training job described by `config`; returns losses, evals and where things were saved."""
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
+    found = checkpoint.latest(out) if resume else None
+    if resume and found is None:  # before the model loads: a wrong output_dir fails in a second
+        raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(out)}")
     run = run or prepare(config)
     model, tc = run.model, config.train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -74,6 +79,8 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, loraplus_lr_ratio=tc.loraplus_lr_ratio)
     total = tc.steps or max(1, math.ceil(tc.epochs * len(run.train_batches) / tc.grad_accum))
     scheduler = build_scheduler(optimizer, total, tc.warmup_steps, tc.schedule)
+    # AdaLoRA adapters: the orthogonality penalty joins the loss, and ranks are reallocated after every step.
+    adaptive = adalora.training_hooks(model, total_step=total) if adalora.find_adapters(model) else None
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     result = TrainResult(out, total)
@@ -82,12 +89,11 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     state = {"best_eval_loss": None, "bad_evals": 0, "batches": run.train_batches.state_dict()}
     start = 0
     if resume:
-        found = checkpoint.latest(out)
-        if found is None:
-            raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(out)}")
         state = checkpoint.restore(found, model, optimizer, scheduler)
         run.train_batches.load_state_dict(state["batches"])
         start = state["step"]
+        if adaptive is not None:
+            adaptive.load(model, found)
     log = MetricsLog(out, resume=resume, until_step=start)
     stream = _forever(run.train_batches)
     fault_step = int(os.environ.get("LORAKIT_FAULT_AFTER_STEP", "0"))  # tests: simulate a kill
@@ -101,23 +107,28 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         loss_total = 0.0
         for batch in micro:
             loss = run.loss_sum(model, batch) / max(n_targets, 1)
+            if adaptive is not None:
+                loss = loss + adaptive.regularizer(model) / len(micro)
             loss.backward()
-            loss_total += float(loss)
+            loss_total += float(loss.detach())
             tokens_seen += _real_tokens(batch)
-        if not math.isfinite(loss_total):
+        # max_norm=inf measures without clipping; a non-finite gradient would poison the weights (and checkpoints)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm or math.inf))
+        if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
             last = checkpoint.latest(out)
             kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-            raise TrainingError(f"step {step}: loss is {loss_total}; training stopped ({kept})")
-        if tc.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            raise TrainingError(f"step {step}: loss is {loss_total}, gradient norm {grad_norm}; "
+                                f"training stopped before the update ({kept})")
+        lr = optimizer.param_groups[0]["lr"]  # the lr of this step; scheduler.step() sets the next one
         optimizer.step()
         scheduler.step()
+        if adaptive is not None:
+            adaptive.after_backward(model, step)  # reads this step's grads, so before zero_grad
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(loss_total)
         result.target_tokens += n_targets
 
         elapsed = time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / elapsed:.0f}", refresh=False)
         bar.update(1)
         if step % tc.log_every == 0 or step == total:
@@ -139,7 +150,7 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         if (tc.save_every and step % tc.save_every == 0) or last_step or result.stopped_early:
             state["batches"] = run.train_batches.state_dict()
             checkpoint.save(out, step, model, optimizer, scheduler, state,
-                            lambda d: _write_artifacts(run, config, d), tc.keep_last)
+                            lambda d: _write_artifacts(run, config, d, adaptive), tc.keep_last)
         if fault_step and step == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if result.stopped_early:
@@ -155,16 +166,23 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     return result
 
 
-def _write_artifacts(run: Prepared, config: RunConfig, directory: Path) -> Path:
-    """The adapter (LoRA) or the whole model (full fine-tuning), plus the resolved config."""
+def _write_artifacts(run: Prepared, config: RunConfig, directory: Path,
+                     adaptive: Optional[adalora.AdaLoraHooks] = None) -> Path:
+    """The adapter (LoRA) or the whole model (full fine-tuning), plus the resolved config
+    (and, in checkpoints, AdaLoRA's allocator state)."""
     directory = Path(directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if adaptive is not None:
+        adaptive.save(run.model, directory)
     if config.method == "full":
         target = directory / "model"
         run.model.save_pretrained(target)
         run.tokenizer.save_pretrained(target)
         return target
-    return save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name)
+    adapter = save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name)
+    if run.labels is not None:  # a classifier's label names, index = class id (read by lorakit eval)
+        (Path(adapter) / "labels.json").write_text(json.dumps(run.labels))
+    return adapter
 
 
 def _real_tokens(batch: dict) -> int:
