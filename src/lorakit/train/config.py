@@ -68,9 +68,9 @@ class RunConfig(_Section):
         "lora", description="LoRA adapter (`lora:` section), AdaLoRA (`adalora:` section: ranks reallocated while "
         "training), or full fine-tuning (baseline).")
     model: ModelSection = Field(default_factory=ModelSection)
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Used with method: lora (peft's field names).")
     adalora: AdaLoraConfig = Field(
-        default_factory=lambda: AdaLoraConfig(target_modules="all-linear"),
+        default_factory=AdaLoraConfig,
         description="Used with method: adalora. total_step left unset: the trainer's step count.")
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)

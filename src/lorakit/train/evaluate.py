@@ -98,3 +98,40 @@ def generate_answers(model: nn.Module, tokenizer, conversations: list[list[dict]
 
 def exact_match(generations: list[Generation]) -> float:
     return sum(g.correct for g in generations) / max(len(generations), 1)
+
+
+def evaluate_dataset(model: nn.Module, tokenizer, dataset, labels: list | None = None, max_length: int = 512,
+                     max_tokens: int = 4096, max_new_tokens: int = 48, batch_size: int = 16,
+                     max_samples: int | None = None, generate: bool = True) -> EvalResult:
+    """Loss, perplexity and exact match (chat rows) or accuracy (classification rows) on a Dataset."""
+    from ..data.batching import grouped_batches
+    from ..data.formats import Dataset
+    from ..data.io import DataError
+    from ..data.tokenize import encode_classification, encode_dataset
+    from .losses import causal_lm_loss_sum, classification_loss_sum
+
+    rows = dataset.rows[:max_samples]
+    result = EvalResult()
+    if dataset.kind == "classification":
+        if not labels:
+            raise DataError(f"{dataset.source}: classification data needs a model with label names")
+        index = {str(label): i for i, label in enumerate(labels)}  # labels.json / id2label may differ in type
+        unknown = sorted({str(r["label"]) for r in rows} - set(index))
+        if unknown:
+            raise DataError(f"{dataset.source}: labels the model does not know: {', '.join(unknown[:5])}")
+        label_map = {r["label"]: index[str(r["label"])] for r in rows}
+        examples, _ = encode_classification(tokenizer, rows, max_length, label_map)
+        loss_sum = classification_loss_sum
+    else:
+        examples, _ = encode_dataset(tokenizer, Dataset(dataset.source, dataset.format, dataset.kind, rows), max_length)
+        loss_sum = causal_lm_loss_sum
+    if not examples:
+        raise DataError(f"{dataset.source}: no row to evaluate")
+    loader = grouped_batches(examples, max(max_tokens, max(len(e) for e in examples)), tokenizer.pad_token_id, 0)
+    result.loss, result.perplexity = mean_loss(model, loader, loss_sum)
+    if dataset.kind == "classification":
+        result.accuracy = accuracy(model, loader)
+    elif generate and dataset.kind == "chat":
+        result.samples = generate_answers(model, tokenizer, rows, max_new_tokens, batch_size)
+        result.exact_match = exact_match(result.samples)
+    return result

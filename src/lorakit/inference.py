@@ -1,0 +1,141 @@
+"""Using what training produced: load a trained adapter (or a merged model dir), generate, chat.
+
+    trained = load_trained("runs/quickstart/adapter")       # base from adapter_config.json
+    print(generate(trained, "Lunch with Ana on Friday at noon."))
+
+An adapter directory names its base in `adapter_config.json` (`base_model_name_or_path`). lorakit
+writes two more files beside it that peft ignores: `base_quantization.json` for a QLoRA adapter
+(it is applied to the same 4-bit base it was trained on) and `labels.json`, a classifier's label
+names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .io import CONFIG_NAME, load_adapter, read_base_quantization, read_config
+from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
+
+LABELS_NAME = "labels.json"
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    tokenizer: object
+    task: str  # "sft" or "classification"
+    base: str  # the base model's name or path
+    labels: Optional[list] = None
+    adapter_dir: Optional[Path] = None
+
+
+def load_trained(path: str | Path, base: Optional[str] = None) -> Trained:
+    """An adapter directory (base loaded and adapted) or a plain HF model directory (e.g. merged)."""
+    if (Path(path).expanduser() / CONFIG_NAME).is_file():
+        return _load_adapter_dir(Path(path).expanduser(), base)
+    return _load_model(str(path))
+
+
+def _load_adapter_dir(path: Path, base: Optional[str]) -> Trained:
+    config = read_config(path)
+    base = base or config.base_model_name_or_path
+    if not base:
+        raise ModelNotFoundError(f"{path / CONFIG_NAME}: base_model_name_or_path is empty; pass --base MODEL")
+    spec = read_base_quantization(path) or {}  # a QLoRA adapter runs on the same 4-bit base it trained on
+    quantization, dtype = spec.get("method"), spec.get("compute_dtype", "float32")
+    options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
+    labels = json.loads((path / LABELS_NAME).read_text()) if (path / LABELS_NAME).is_file() else None
+    if config.task_type == "SEQ_CLS":
+        model, tokenizer = load_classifier(base, labels, dtype)
+        task = "classification"
+        if quantization:
+            from .quant import quantize
+
+            quantize(model, method=quantization)
+    else:
+        model, tokenizer = load_causal_lm(base, dtype, quantization=quantization, quant_options=options)
+        task = "sft"
+    load_adapter(model, path)
+    return Trained(model.eval(), tokenizer, task, base, labels, path)
+
+
+def _load_model(name: str) -> Trained:
+    """A plain model: a merged or local HF dir, a .gguf file or an embedded default name."""
+    from transformers import AutoConfig
+
+    location = resolve(name)  # a clear error for a hub id or a missing path
+    config = AutoConfig.from_pretrained(location) if location.is_dir() else None
+    if any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
+        model, tokenizer = load_classifier(name, None)
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return Trained(model.eval(), tokenizer, "classification", name, labels)
+    model, tokenizer = load_causal_lm(name)
+    return Trained(model.eval(), tokenizer, "sft", name)
+
+
+def chat_messages(prompt: str, system: Optional[str] = None, history: Optional[list] = None) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + list(history or []) + [{"role": "user", "content": prompt}]
+
+
+@torch.no_grad()
+def generate(trained: Trained, prompt: str | list[dict], max_new_tokens: int = 128, temperature: float = 0.0,
+             system: Optional[str] = None, on_text: Optional[Callable[[str], None]] = None) -> str:
+    """The assistant's reply to `prompt` (a user message or a whole conversation).
+
+    Greedy when temperature is 0. `on_text` receives the reply piece by piece as it is generated
+    (streaming); the full reply is returned either way.
+    """
+    from .data.tokenize import end_of_turn_id, render_ids
+
+    tok = trained.tokenizer
+    messages = chat_messages(prompt, system) if isinstance(prompt, str) else prompt
+    ids = torch.tensor([render_ids(tok, messages, add_generation_prompt=True)])
+    stop = [t for t in {tok.eos_token_id, end_of_turn_id(tok)} if t is not None]
+    streamer = _CallbackStreamer(tok, on_text) if on_text else None
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    out = trained.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 eos_token_id=stop, pad_token_id=tok.pad_token_id, streamer=streamer, **sampling)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def classify(trained: Trained, text: str) -> tuple[str, float]:
+    """(label, probability) for one text."""
+    enc = trained.tokenizer(text, return_tensors="pt", truncation=True)
+    probs = trained.model(**enc).logits.softmax(-1)[0]
+    best = int(probs.argmax())
+    label = trained.labels[best] if trained.labels else str(best)
+    return str(label), float(probs[best])
+
+
+class _CallbackStreamer:
+    """A transformers streamer that hands decoded text pieces to a callback (skipping the prompt)."""
+
+    def __init__(self, tokenizer, callback: Callable[[str], None]):
+        self.tokenizer, self.callback = tokenizer, callback
+        self.tokens: list[int] = []
+        self.printed = 0
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.tokens.extend(value.flatten().tolist())
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            return
+        self.callback(text[self.printed:])
+        self.printed = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if len(text) > self.printed:
+            self.callback(text[self.printed:])
+        self.printed = len(text)

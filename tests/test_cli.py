@@ -1,0 +1,115 @@
+"""The lorakit command: train → eval/generate/chat/inspect on tiny local models, and one-line errors."""
+import json
+
+import pytest
+import yaml
+
+from lorakit.cli import main
+
+
+@pytest.fixture
+def trained(tmp_path, sft_config):
+    """A tiny LoRA run trained through `lorakit train CONFIG`; returns its output dir."""
+    config = sft_config("train.steps=2")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert main(["train", str(path)]) == 0
+    return config.out
+
+
+def test_train_writes_adapter_and_eval_json_reports_metrics(trained, sft_files, capsys):
+    assert (trained / "adapter" / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(trained / "adapter"), "--data", sft_files[1], "--json",
+                 "--max-new-tokens", "3"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"loss", "perplexity", "exact_match", "rows"}
+    assert metrics["rows"] == 2 and 0.0 <= metrics["exact_match"] <= 1.0 and metrics["loss"] > 0
+
+
+def test_eval_classifier_reports_accuracy(classify_config, classify_files, capsys):
+    from lorakit.train.loop import train
+
+    config = classify_config("train.steps=3")
+    train(config, quiet=True)
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(config.out / "adapter"), "--data", classify_files[1], "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "exact_match" not in metrics
+
+
+def test_generate_and_chat_answer(trained, monkeypatch, capsys):
+    adapter = str(trained / "adapter")
+    assert main(["generate", "--adapter", adapter, "Lunch with Ana on Friday at noon.", "--max-new-tokens", "3"]) == 0
+    replies = iter(["hello", "/reset", "again", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
+    assert main(["chat", "--adapter", adapter, "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.count("bot> ") == 2
+
+
+def test_inspect_counts_what_a_config_trains(tiny_lm_dir, capsys):
+    assert main(["inspect", str(tiny_lm_dir), "lora.r=2", "lora.target_modules=[q_proj,v_proj]"]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.*.self_attn.q_proj" in out and "suggested target_modules" in out
+    assert "lora r=2 on ['q_proj', 'v_proj']: 2 modules adapted" in out
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_unknown_config_key_exits_2_naming_file_line_and_key(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  train: x.jsonl\ntrain:\n  lr: 1e-3\n  epochz: 2\n")
+    assert _one_line_error(capsys, ["train", str(path)]) == f"lorakit train: error: {path}:5: train.epochz: unknown key"
+
+
+def test_bad_data_row_exits_2_naming_file_and_line(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data:\n  train: {data}\n")
+    err = _one_line_error(capsys, ["train", str(path)])
+    assert f"{data}:2" in err and "output" in err
+
+
+def test_hub_id_while_offline_exits_2(capsys, sft_files):
+    err = _one_line_error(capsys, ["eval", "--model", "meta-llama/Llama-3.1-8B", "--data", sft_files[1]])
+    assert "does not download from a hub" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from lorakit.config import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("nonsense: 1\n")
+    with pytest.raises(ConfigError):
+        main(["--debug", "train", str(path)])
+
+
+def test_train_help_lists_every_config_key_with_its_description(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for key in ("train.lr = 0.0002", "data.max_tokens", "model.quantization", "lora.r", "eval.max_new_tokens"):
+        assert key in out
+    assert "Peak learning rate." in out
+
+
+def test_merge_writes_a_transformers_model_that_reproduces_the_adapter(trained, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from helpers import logits
+    from lorakit.inference import load_trained
+
+    adapted = load_trained(trained / "adapter").model
+    assert main(["merge", str(trained / "adapter"), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.randint(0, 1000, (2, 12))
+    torch.testing.assert_close(logits(merged, ids), logits(adapted, ids), atol=1e-5, rtol=1e-5)
+    assert main(["generate", "--model", str(tmp_path / "merged"), "hi", "--max-new-tokens", "2"]) == 0
