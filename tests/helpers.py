@@ -51,3 +51,22 @@ def tiny_bert(num_labels: int = 3):
 
 
 MODEL_FACTORIES = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}
+
+
+def tiny_llama_dir(path, tokenizer=None, tie: bool = False, vocab_size: int = 128, dtype=None):
+    """Save a tiny random Llama (safetensors) and optionally a tokenizer to `path`; returns the model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=tie,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return model

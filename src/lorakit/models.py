@@ -114,16 +114,54 @@ def _save_plain(model, directory: Path) -> None:
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
-def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32"):
-    """(model, tokenizer) for a causal LM; the tokenizer gets a pad token and left padding for generation."""
+def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32", quantization: Optional[str] = None,
+                   quant_options: Optional[dict] = None):
+    """(model, tokenizer) for a causal LM; the tokenizer gets a pad token and left padding for generation.
+
+    `quantization` ("nf4", "int8"; see `lorakit.quant.QUANTIZED_LINEARS`) loads the base with its
+    linears quantized (not the output head), layer by layer: peak memory stays near the quantized
+    size instead of the full-precision one. `quant_options` go to `lorakit.quant.load.load_quantized`
+    (`skip`, `double_quant`, `blocksize`). A checkpoint that cannot be streamed (no safetensors,
+    renamed keys) is loaded in full precision and then quantized, with a warning.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = local_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    if quantization is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    else:
+        model = _load_quantized_causal_lm(path, DTYPES[dtype], quantization, dict(quant_options or {}))
     model.name_or_path = name
     _ensure_pad(tokenizer, model)
     return model, tokenizer
+
+
+def _load_quantized_causal_lm(path: Path, dtype: torch.dtype, method: str, options: dict):
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from .quant import quantize, quantized_linear_class
+    from .quant.load import CheckpointMismatch, checkpoint_files, load_quantized, parameters_on_meta
+
+    quantized_linear_class(method)  # unknown method: fail before reading anything
+    files = checkpoint_files(path)
+    if files:
+        config = AutoConfig.from_pretrained(path)
+        with parameters_on_meta():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        try:
+            load_quantized(model, files, method, **options)
+        except CheckpointMismatch as e:
+            warnings.warn(f"{path}: cannot quantize while loading ({e}); loading in full precision first")
+        else:
+            if (path / "generation_config.json").is_file():
+                model.generation_config = GenerationConfig.from_pretrained(path)
+            return model.eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    quantize(model, method=method, **options)
+    return model
 
 
 def load_classifier(name: str = DEFAULT_ENCODER, labels: Optional[list] = None, dtype: str = "float32"):

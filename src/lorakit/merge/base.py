@@ -9,6 +9,7 @@ from typing import Optional
 from torch import nn
 
 from ..inject import _replace, adapter_configs
+from ..quant import QUANTIZED_TYPES, to_linear
 from ..routing import _holders, set_adapter
 from ..tuners.lora import LoraWrapper, ModulesToSave
 
@@ -38,9 +39,17 @@ def unmerge(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool = False) -> nn.Module:
     """Merge, then drop every wrapper: a plain model whose state-dict keys are exactly the base's.
 
-    A `modules_to_save` module is replaced by the merged adapter's trained copy.
+    A `modules_to_save` module is replaced by the merged adapter's trained copy. A quantized base
+    (NF4, int8) under a merged adapter becomes an `nn.Linear` holding dequant(W) + ΔW in its compute
+    dtype: re-quantizing would round most of ΔW away (see `lorakit.merge.quantized`). Quantized
+    linears without an adapter stay quantized; `lorakit.quant.dequantize` converts those too.
     """
-    merge(model, adapter_name, safe_merge)
+    if adapter_name is not None:
+        set_adapter(model, adapter_name)
+    for _, holder in _holders(model):
+        if isinstance(holder, LoraWrapper) and holder.active is not None and isinstance(holder.base, QUANTIZED_TYPES):
+            holder.base = to_linear(holder.base)
+    merge(model, None, safe_merge)
     return _unwrap(model, keep_trained_copies=True)
 
 

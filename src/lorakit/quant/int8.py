@@ -88,6 +88,14 @@ class Int8Linear(nn.Module):
         """Quantize an `nn.Linear`; NF4-only options (double_quant, blocksize) are ignored."""
         return cls.from_weight(linear.weight, linear.bias)
 
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor) -> None:
+        """Re-quantize a new dense (out, in) weight in place (used by an in-place merge; lossy)."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight shape {tuple(weight.shape)} != {(self.out_features, self.in_features)}")
+        for name, tensor in quantize_int8(weight.to(self.device)).items():
+            getattr(self, name).copy_(tensor)
+
     @property
     def weight_dtype(self) -> torch.dtype:
         return self.compute_dtype

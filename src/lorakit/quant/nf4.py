@@ -29,6 +29,9 @@ NF4_CODEBOOK = torch.tensor(
     dtype=torch.float32,
 )
 _MIDPOINTS = (NF4_CODEBOOK[1:] + NF4_CODEBOOK[:-1]) / 2
+#: Values quantized per step: bounds the temporaries (int64 bucket indices, scaled copies) to
+#: ~13 bytes × this, whatever the weight's size (a 7B model's 11008×4096 matrix included).
+_CHUNK_VALUES = 1 << 20
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -67,11 +70,13 @@ def quantize_nf4(
     (n_blocks,) int8, "absmax_scale": (ceil(n_blocks/256),) fp32, "absmax_mean": () fp32}.
     With double quantization the values are rounded against the scales as they will be
     dequantized, so the stored codes are the nearest levels for the scale actually used.
+    Work is done in chunks of `_CHUNK_VALUES` values, so the temporaries stay small.
     """
     if blocksize % 2:
         raise ValueError(f"blocksize must be even, got {blocksize}")
     blocks = _padded_blocks(weight, blocksize)
-    absmax = blocks.abs().amax(dim=1)
+    chunks = blocks.split(_CHUNK_VALUES // blocksize)
+    absmax = torch.cat([c.abs().amax(dim=1) for c in chunks])
     state: dict[str, torch.Tensor]
     if double_quant:
         state = quantize_scales(absmax)
@@ -80,8 +85,14 @@ def quantize_nf4(
     else:
         state = {"absmax": absmax}
     divisor = torch.where(absmax == 0, torch.ones_like(absmax), absmax)
-    codes = torch.bucketize(blocks / divisor[:, None], _MIDPOINTS.to(blocks.device))
-    state["weight_packed"] = pack_codes(codes.to(torch.uint8).reshape(-1))
+    midpoints = _MIDPOINTS.to(blocks.device)
+    packed = torch.empty(blocks.numel() // 2, dtype=torch.uint8, device=blocks.device)
+    start = 0
+    for chunk, div in zip(chunks, divisor.split(_CHUNK_VALUES // blocksize)):
+        codes = torch.bucketize(chunk / div[:, None], midpoints).to(torch.uint8)
+        packed[start: start + chunk.numel() // 2] = pack_codes(codes.reshape(-1))
+        start += chunk.numel() // 2
+    state["weight_packed"] = packed
     return state
 
 
@@ -202,6 +213,14 @@ class NF4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, double_quant: bool = True, blocksize: int = 64) -> "NF4Linear":
         """Quantize an `nn.Linear` (weight and bias)."""
         return cls.from_weight(linear.weight, linear.bias, double_quant=double_quant, blocksize=blocksize)
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor) -> None:
+        """Re-quantize a new dense (out, in) weight in place (used by an in-place merge; lossy)."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight shape {tuple(weight.shape)} != {(self.out_features, self.in_features)}")
+        for name, tensor in quantize_nf4(weight.to(self.device), self.blocksize, self.double_quant).items():
+            getattr(self, name).copy_(tensor)
 
     @property
     def weight_dtype(self) -> torch.dtype:

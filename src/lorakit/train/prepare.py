@@ -77,34 +77,46 @@ def load_data(config: RunConfig) -> Data:
 
 
 def load_model(config: RunConfig, labels: Optional[list] = None):
-    """(model, tokenizer) with the base quantized if asked; no adapter yet."""
-    if config.task == "classification":
-        model, tokenizer = load_classifier(config.model.name, labels, config.model.dtype)
-    else:
-        model, tokenizer = load_causal_lm(config.model.name, config.model.dtype)
-    if config.model.quantization:
+    """(model, tokenizer) with the base quantized if asked; no adapter yet.
+
+    A causal LM is quantized layer by layer while it loads (peak memory ≈ the quantized model);
+    a classifier (small encoders, with a freshly initialised head) is quantized after loading.
+    """
+    quantization = config.model.quantization
+    if config.task != "classification":
+        return load_causal_lm(config.model.name, config.model.dtype, quantization=quantization)
+    model, tokenizer = load_classifier(config.model.name, labels, config.model.dtype)
+    if quantization:
         from ..quant import quantize
 
-        quantize(model, method=config.model.quantization)
+        quantize(model, method=quantization)
     return model, tokenizer
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: LoRA weights still get grads)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
-    """LoRA: inject the adapter (a classifier's head goes to modules_to_save). Full: unfreeze all."""
+    """LoRA: inject the adapter (a classifier's head goes to modules_to_save). Full: unfreeze all.
+    Either way, gradient checkpointing is switched on when the config asks for it."""
+    if config.model.gradient_checkpointing:
+        enable_checkpointing(model)
     if config.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return []
-    lora = config.lora
+    lora = config.adapter  # LoraConfig or AdaLoraConfig, by method
     if config.task == "classification" and not lora.modules_to_save:
         heads = [h for h in HEAD_NAMES if hasattr(model, h)]
         lora = lora.model_copy(update={"modules_to_save": heads[:1] or None, "task_type": "SEQ_CLS"})
     if lora.base_model_name_or_path is None:
         lora = lora.model_copy(update={"base_model_name_or_path": config.model.name})
-    names = inject(model, lora)
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return names
+    return inject(model, lora)
 
 
 def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
