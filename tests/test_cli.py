@@ -27,7 +27,7 @@ def test_train_writes_adapter_and_eval_json_reports_metrics(trained, sft_files, 
     assert metrics["rows"] == 2 and 0.0 <= metrics["exact_match"] <= 1.0 and metrics["loss"] > 0
 
 
-def test_eval_classifier_reports_accuracy(classify_config, classify_files, capsys):
+def test_eval_classifier_reports_accuracy(classify_config, classify_files, sft_files, capsys):
     from lorakit.train.loop import train
 
     config = classify_config("train.steps=3")
@@ -36,6 +36,8 @@ def test_eval_classifier_reports_accuracy(classify_config, classify_files, capsy
     assert main(["eval", "--adapter", str(config.out / "adapter"), "--data", classify_files[1], "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "exact_match" not in metrics
+    err = _one_line_error(capsys, ["eval", "--adapter", str(config.out / "adapter"), "--data", sft_files[1]])
+    assert "chat data cannot evaluate a classifier" in err
 
 
 def test_generate_and_chat_answer(trained, monkeypatch, capsys):
@@ -88,6 +90,15 @@ def test_debug_shows_the_traceback(tmp_path):
     path.write_text("nonsense: 1\n")
     with pytest.raises(ConfigError):
         main(["--debug", "train", str(path)])
+
+
+def test_adapter_must_be_an_adapter_dir_and_debug_may_follow_the_command(tmp_path, capsys, sft_files):
+    from lorakit.io import AdapterFormatError
+
+    argv = ["eval", "--adapter", str(tmp_path), "--data", sft_files[1]]
+    assert "not an adapter directory" in _one_line_error(capsys, argv)
+    with pytest.raises(AdapterFormatError):
+        main([*argv, "--debug"])
 
 
 def test_train_help_lists_every_config_key_with_its_description(capsys):

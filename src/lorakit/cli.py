@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional, get_args, get_origin
 
 from pydantic import BaseModel
@@ -37,6 +38,26 @@ def _config_epilog() -> str:
             + "\n".join(_schema_help(RunConfig)))
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _load_trained(args):
+    """The model of `--adapter DIR` (a directory holding adapter_config.json) or `--model NAME`."""
+    from .inference import load_trained
+    from .io import CONFIG_NAME, AdapterFormatError
+
+    if args.adapter is None:
+        if args.base:
+            raise ValueError("--base goes with --adapter; --model is loaded as it is")
+        return load_trained(args.model)
+    if not (Path(args.adapter).expanduser() / CONFIG_NAME).is_file():
+        raise AdapterFormatError(f"--adapter {args.adapter}: not an adapter directory (no {CONFIG_NAME})")
+    return load_trained(args.adapter, base=args.base)
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .train.config import RunConfig
@@ -51,18 +72,17 @@ def cmd_train(args) -> int:
 def cmd_quickstart(args) -> int:
     from .train.quickstart import run_quickstart
 
-    report = run_quickstart(args.overrides)
-    return 0 if report.after.exact_match is not None else 1
+    run_quickstart(args.overrides)
+    return 0
 
 
 def cmd_eval(args) -> int:
     from .data.formats import load_dataset
-    from .inference import load_trained
     from .train.evaluate import evaluate_dataset
     from .train.prepare import data_path
 
     dataset = load_dataset(data_path(args.data, "--data"), args.format)
-    trained = load_trained(args.adapter or args.model, base=args.base)
+    trained = _load_trained(args)
     result = evaluate_dataset(trained.model, trained.tokenizer, dataset, labels=trained.labels,
                               max_length=args.max_length, max_new_tokens=args.max_new_tokens,
                               batch_size=args.batch_size, max_samples=args.max_samples)
@@ -75,9 +95,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .inference import classify, generate, load_trained
+    from .inference import classify, generate
 
-    trained = load_trained(args.adapter or args.model, base=args.base)
+    trained = _load_trained(args)
     if trained.task == "classification":
         label, p = classify(trained, args.prompt)
         print(f"{label}\t{p:.3f}")
@@ -89,9 +109,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .inference import chat_messages, generate, load_trained
+    from .inference import chat_messages, generate
 
-    trained = load_trained(args.adapter or args.model, base=args.base)
+    trained = _load_trained(args)
     if trained.task != "sft":
         raise ValueError(f"{args.adapter or args.model}: a classifier cannot chat; use lorakit generate")
     print(f"chatting with {trained.adapter_dir or trained.base} — empty line or Ctrl-D to quit, /reset to start over")
@@ -142,7 +162,8 @@ def cmd_inspect(args) -> int:
     names = attach_method(model, run)
     adapter = run.adapter
     rank = getattr(adapter, "init_r", None) or adapter.r
-    what = "full fine-tuning" if run.method == "full" else f"{run.method} r={rank} on {adapter.target_modules!r}"
+    targets = "the preset targets" if adapter.target_modules is None else repr(adapter.target_modules)
+    what = "full fine-tuning" if run.method == "full" else f"{run.method} r={rank} on {targets}"
     print(describe_adapted(model, names, what))
     return 0
 
@@ -157,17 +178,21 @@ def _print_result(result) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning, offline and CPU-first.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    debug = argparse.ArgumentParser(add_help=False)  # `lorakit train x.yaml --debug` works too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("train", help="fine-tune from a YAML config", epilog=_config_epilog(), formatter_class=raw,
+    p = sub.add_parser("train", parents=[debug], help="fine-tune from a YAML config", epilog=_config_epilog(),
+                       formatter_class=raw,
                        description="Fine-tune as CONFIG says; dotted.key=value arguments override the file.")
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 lora.r=8")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("quickstart", help="evaluate, fine-tune and re-evaluate SmolLM2 on the bundled task",
+    p = sub.add_parser("quickstart", parents=[debug],
+                       help="evaluate, fine-tune and re-evaluate SmolLM2 on the bundled task",
                        epilog=_config_epilog(), formatter_class=raw,
                        description="The bundled demo run (configs/quickstart.yaml); dotted.key=value overrides apply.")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -180,40 +205,42 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--base", help="base model for --adapter, overriding base_model_name_or_path")
 
     def gen_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--max-new-tokens", type=_positive_int, default=256)
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         p.add_argument("--system", help="system prompt")
 
-    p = sub.add_parser("eval", help="loss, perplexity, exact match or accuracy on a data file")
+    p = sub.add_parser("eval", parents=[debug], help="loss, perplexity, exact match or accuracy on a data file")
     model_args(p)
     p.add_argument("--data", required=True, help="data file (json, jsonl, csv, parquet) or bundled:NAME")
     p.add_argument("--format", help="data format (detected when omitted)")
-    p.add_argument("--max-samples", type=int)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-samples", type=_positive_int)
+    p.add_argument("--max-length", type=_positive_int, default=512)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="answer one prompt (streams tokens)")
+    p = sub.add_parser("generate", parents=[debug], help="answer one prompt (streams tokens)")
     model_args(p)
     p.add_argument("prompt")
     gen_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive chat, streaming tokens")
+    p = sub.add_parser("chat", parents=[debug], help="interactive chat, streaming tokens")
     model_args(p)
     gen_args(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("merge", help="fold an adapter into its base; write a plain transformers model")
+    p = sub.add_parser("merge", parents=[debug],
+                       help="fold an adapter into its base; write a plain transformers model")
     p.add_argument("adapter", help="adapter directory")
     p.add_argument("output", help="directory for the merged model + tokenizer")
     p.add_argument("--base", help="base model, overriding the adapter's base_model_name_or_path")
     p.add_argument("--requantize", choices=["nf4"], help="also report the error of re-quantizing the merged weights")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("inspect", help="a model's adaptable modules, suggested targets, trainable-param count",
+    p = sub.add_parser("inspect", parents=[debug],
+                       help="a model's adaptable modules, suggested targets, trainable-param count",
                        epilog="examples:\n  lorakit inspect\n  lorakit inspect --config configs/quickstart.yaml\n"
                               "  lorakit inspect path/to/model lora.r=8 'lora.target_modules=[q_proj,v_proj]'\n"
                               "  lorakit inspect all-minilm-l6-v2 task=classification",

@@ -35,7 +35,8 @@ class Trained:
 
 
 def load_trained(path: str | Path, base: Optional[str] = None) -> Trained:
-    """An adapter directory (base loaded and adapted) or a plain HF model directory (e.g. merged)."""
+    """An adapter directory (base loaded and adapted) or a plain model: a merged or local HF directory,
+    a .gguf file or an embedded default name."""
     if (Path(path).expanduser() / CONFIG_NAME).is_file():
         return _load_adapter_dir(Path(path).expanduser(), base)
     return _load_model(str(path))
@@ -56,7 +57,7 @@ def _load_adapter_dir(path: Path, base: Optional[str]) -> Trained:
         if quantization:
             from .quant import quantize
 
-            quantize(model, method=quantization)
+            quantize(model, method=quantization, **options)
     else:
         model, tokenizer = load_causal_lm(base, dtype, quantization=quantization, quant_options=options)
         task = "sft"

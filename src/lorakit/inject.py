@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-import torch
 from torch import nn
 
 from .config import AdaLoraConfig, LoraConfig, VeraConfig, matches

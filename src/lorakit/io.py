@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import CONFIG_TYPES, LoraConfig, PeftFormatConfig
+from .config import CONFIG_TYPES, LoraConfig
 from .inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
 from .quant import quant_spec
 from .routing import delete_adapter, set_adapter

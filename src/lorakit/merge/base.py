@@ -11,7 +11,7 @@ from torch import nn
 from ..inject import _replace, adapter_configs
 from ..quant import QUANTIZED_TYPES, to_linear
 from ..routing import _holders, set_adapter
-from ..tuners.lora import LoraWrapper, ModulesToSave
+from ..tuners.lora import LoraWrapper
 
 
 def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool = False) -> nn.Module:

@@ -103,7 +103,10 @@ def exact_match(generations: list[Generation]) -> float:
 def evaluate_dataset(model: nn.Module, tokenizer, dataset, labels: list | None = None, max_length: int = 512,
                      max_tokens: int = 4096, max_new_tokens: int = 48, batch_size: int = 16,
                      max_samples: int | None = None, generate: bool = True) -> EvalResult:
-    """Loss, perplexity and exact match (chat rows) or accuracy (classification rows) on a Dataset."""
+    """Loss, perplexity and exact match (chat rows) or accuracy (classification rows) on a Dataset.
+
+    `labels`: a classifier's label names (None for a causal LM); they map the rows' labels to class ids.
+    """
     from ..data.batching import grouped_batches
     from ..data.formats import Dataset
     from ..data.io import DataError
@@ -112,6 +115,8 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset, labels: list | None =
 
     rows = dataset.rows[:max_samples]
     result = EvalResult()
+    if labels and dataset.kind != "classification":
+        raise DataError(f"{dataset.source}: {dataset.kind} data cannot evaluate a classifier")
     if dataset.kind == "classification":
         if not labels:
             raise DataError(f"{dataset.source}: classification data needs a model with label names")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
-from ..config import load_config
+from ..config import ConfigError, load_config
 from ..inject import describe_trainable
 from .config import RunConfig
 from .evaluate import EvalResult, Generation
@@ -51,6 +51,8 @@ def run_quickstart(overrides: list[str] = (), echo: Callable[[str], None] = prin
     start = time.perf_counter()
     config = quickstart_config(overrides)
     data = load_data(config)
+    if not (config.eval.generate and data.eval is not None and data.eval.kind == "chat"):
+        raise ConfigError("the before/after comparison needs chat data in data.eval and eval.generate=true")
     echo(f"data: {len(data.train)} training notes, {len(data.eval)} held-out notes")
     echo(f"loading {config.model.name} (the first run converts the GGUF file once; later runs read a cache)")
     run = prepare(config, data)

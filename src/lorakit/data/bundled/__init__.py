@@ -1,6 +1,6 @@
 """Datasets shipped with lorakit, written by ``generate.py`` in this folder.
 
-``quickstart_train`` / ``quickstart_eval``: calendar note -> ``activity|person|day|HH:MM`` (messages format).
+``quickstart_train`` / ``quickstart_eval``: calendar note -> ``activity|person|day|time`` (messages format).
 ``classify_train`` / ``classify_eval``: support tickets labelled billing/technical/account/shipping.
 """
 from __future__ import annotations
