@@ -23,11 +23,16 @@ Both sides tokenize with `lorakit.data.encode_dataset` (same ids, same assistant
               accumulated batch (HF: `num_items_in_batch`), as lorakit does.
 
 Each run is a fresh subprocess (peak RSS = its own `ru_maxrss`: model load + training; the
-held-out evaluation runs after the peak is read). With `--repeats`, runs are interleaved and
-the order alternates. Throughput counts steps 2..S (step 1 is warm-up): real (non-padding)
-tokens/s and target tokens/s. Loss: the held-out loss after training (per target token, same
-function, batch size 1 so no padding) is the fair comparison, since the two sides see the
-rows in different batches; the mean training loss over the last steps is printed too.
+held-out evaluation runs after the peak is read; "RSS setup" is after model, adapter, data and
+a read of every weight). With `--repeats`, runs are interleaved, the order alternates, and
+repeat i uses seed+i (adapter init and data order, both sides; the rows stay the same).
+Throughput counts steps 2..S (step 1 is warm-up): real (non-padding) tokens/s and target
+tokens/s (medians over repeats). Loss: the held-out loss after training (per target token, same
+function, batch size 1 so no padding; mean over repeats) is the fair comparison, since the two
+sides see the rows in different batches; the per-example mean and the mean training loss over
+the last steps are printed too. On identical batches the two sides give bit-identical losses
+and LoRA gradients, so a gap comes from batch composition and order; at the default size a
+single seed moves the held-out loss by a few percent: use --repeats 3 or more to test +-2%.
 
 FLOPs (model FLOPs, useful work only, padding not counted), per optimizer step:
     4 · N_base · real_tokens            frozen linears in the decoder: forward + input-gradient
