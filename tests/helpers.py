@@ -19,15 +19,16 @@ def logits(model, ids):
         return model(input_ids=ids).logits
 
 
-def tiny_llama():
+def tiny_llama(**overrides):
+    """A 2-layer Llama (hidden 32 unless `overrides` say otherwise), seeded."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
+    cfg = LlamaConfig(**{
+        "vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "tie_word_embeddings": False, **overrides,
+    })
     return LlamaForCausalLM(cfg).eval()
 
 

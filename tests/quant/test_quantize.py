@@ -3,19 +3,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from helpers import tiny_llama
 from lorakit.quant import QUANTIZED_LINEARS, Int8Linear, NF4Linear, bytes_per_param, quantize, quantized_bytes
 
 
 def tiny_llama_64():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(hidden_size=64, intermediate_size=128, max_position_embeddings=64)
 
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
