@@ -1,10 +1,12 @@
 """Step time of LoRA variants, lorakit vs peft, on a randomly initialised SmolLM2-shaped Llama (6 layers).
 
-    python benchmarks/variants.py [--repeats 7] [--steps 3] [--device cuda|cpu]
+    python benchmarks/variants.py [--repeats 9] [--steps 1] [--device cuda|cpu]
 
 Every (library, variant) model is built once; timing rounds are interleaved (each round runs every
-model for `--steps` fwd+bwd steps) and the median over rounds is reported, with each library's
-variant / LoRA ratio. r=16 on all linear layers (not the LM head), batch 4×128, fp32 (TF32 on GPU).
+model for `--steps` fwd+bwd steps, in an order rotated every round). Reported: the median step
+time over rounds, and each library's variant / LoRA ratio as the median of per-round ratios (a
+variant against that library's LoRA in the same round, so that drift on a noisy machine cancels).
+r=16 on all linear layers (not the LM head), batch 4×128, fp32 (TF32 on GPU).
 An AdaLoRA step also pays for its training extras, in both libraries: the orthogonality penalty in
 the loss and the rank allocation after backward (init_r=16 → target_r=8 over 1000 steps, so every
 timed step is in the pruning phase: importance update and a new mask each step).
@@ -12,14 +14,18 @@ timed step is in the pruning phase: importance update and a new mask each step).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 import warnings
 
 import torch
 
-import lorakit
-from lorakit.tuners import adalora
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import interleaved  # noqa: E402
+
+import lorakit  # noqa: E402
+from lorakit.tuners import adalora  # noqa: E402
 
 
 def base_model(device):
@@ -86,14 +92,16 @@ def step(entry, ids, device, i):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--variants", default="LoRA,DoRA,VeRA,AdaLoRA")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     variants = args.variants.split(",")
+    if "LoRA" not in variants:
+        variants.insert(0, "LoRA")  # the reference of the ratios
     models, skipped = {}, []
     for v in variants:
         for lib, make in (("lorakit", lorakit_model), ("peft", peft_model)):
@@ -107,30 +115,31 @@ def main():
     counts = {k: 0 for k in models}
 
     def run(key):
-        counts[key] += 1
-        step(models[key], ids, device, counts[key])
-
-    for key in models:  # warm-up
-        run(key)
-        run(key)
-    times = {k: [] for k in models}
-    for _ in range(args.repeats):
-        for key in models:
-            t0 = time.perf_counter()
+        def steps():
             for _ in range(args.steps):
-                run(key)
-            times[key].append((time.perf_counter() - t0) / args.steps)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+                counts[key] += 1
+                step(models[key], ids, device, counts[key])
+        return steps
+
+    samples = interleaved({key: run(key) for key in models}, args.repeats, warmup=2, device=device)
+    med = {k: statistics.median(v) / args.steps * 1e3 for k, v in samples.items()}
+
+    def paired(a, b):
+        """Median over rounds of a's time / b's time in the same round."""
+        if a not in samples or b not in samples:
+            return None
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; batch 4x128, r=16 all linear, fp32; median of {args.repeats} rounds x {args.steps} steps")
+    print(f"device: {name}; batch 4x128, r=16 all linear, fp32; {args.repeats} rounds x {args.steps} steps; "
+          f"step times are medians, ratios medians of per-round ratios")
     print(f"{'variant':<9} {'lorakit ms':>11} {'peft ms':>9} {'lorakit/peft':>13} {'lorakit /LoRA':>14} {'peft /LoRA':>11}")
     for v in variants:
-        ours, theirs = med.get(("lorakit", v)), med.get(("peft", v))
-        lo, lp = med.get(("lorakit", "LoRA")), med.get(("peft", "LoRA"))
         fmt = lambda x: f"{x:.1f}" if x is not None else "-"  # noqa: E731
-        ratio = lambda a, b: f"{a / b:.3f}" if a is not None and b else "-"  # noqa: E731
-        print(f"{v:<9} {fmt(ours):>11} {fmt(theirs):>9} {ratio(ours, theirs):>13} {ratio(ours, lo):>14} "
-              f"{ratio(theirs, lp):>11}")
+        ratio = lambda x: f"{x:.3f}" if x is not None else "-"  # noqa: E731
+        print(f"{v:<9} {fmt(med.get(('lorakit', v))):>11} {fmt(med.get(('peft', v))):>9} "
+              f"{ratio(paired(('lorakit', v), ('peft', v))):>13} {ratio(paired(('lorakit', v), ('lorakit', 'LoRA'))):>14} "
+              f"{ratio(paired(('peft', v), ('peft', 'LoRA'))):>11}")
     for s in skipped:
         print("skipped:", s)
 

@@ -58,19 +58,28 @@ def test_fresh_dora_adapter_is_identity(input_ids):
     torch.testing.assert_close(logits(model, input_ids), base, atol=1e-6, rtol=1e-6)
 
 
-def test_norm_is_detached_and_gradients_match_dense():
+@pytest.mark.parametrize("kind", ["linear", "linear_nobias", "conv1d", "trainable_bias"])
+def test_norm_is_detached_and_gradients_match_dense(kind):
+    """The hand-written backward against autograd on the dense formula (norm detached), every input."""
     torch.manual_seed(0)
-    base = nn.Linear(12, 7)
+    base = {"linear": lambda: nn.Linear(12, 7), "linear_nobias": lambda: nn.Linear(12, 7, bias=False),
+            "conv1d": lambda: Conv1D(7, 12), "trainable_bias": lambda: nn.Linear(12, 7)}[kind]()
     layer, adapter = _dora_layer(base)
-    x = torch.randn(3, 12)
-    layer(x).pow(2).sum().backward()
-    got = [p.grad.clone() for p in (adapter.lora_A, adapter.lora_B, adapter.dora.magnitude)]
-    for p in (adapter.lora_A, adapter.lora_B, adapter.dora.magnitude):
+    base.weight.requires_grad_(False)
+    if base.bias is not None:
+        base.bias.requires_grad_(kind == "trainable_bias")
+    params = [adapter.lora_A, adapter.lora_B, adapter.dora.magnitude] + ([base.bias] if kind == "trainable_bias" else [])
+    x = torch.randn(2, 3, 12, requires_grad=True)
+    target = torch.randn(2, 3, 7)
+    (layer(x) * target).sum().backward()
+    got = [p.grad.clone() for p in [*params, x]]
+    for p in [*params, x]:
         p.grad = None
-    v = base.weight + adapter.delta_weight()
-    w = adapter.dora.magnitude.unsqueeze(1) * v / v.norm(dim=1, keepdim=True).detach()
-    (x @ w.T + base.bias).pow(2).sum().backward()
-    for g, p in zip(got, (adapter.lora_A, adapter.lora_B, adapter.dora.magnitude)):
+    w = base.weight.T if kind == "conv1d" else base.weight
+    v = w + adapter.delta_weight()
+    dense = adapter.dora.magnitude.unsqueeze(1) * v / v.norm(dim=1, keepdim=True).detach()
+    ((x @ dense.T + (base.bias if base.bias is not None else 0)) * target).sum().backward()
+    for g, p in zip(got, [*params, x]):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-5)
 
 
