@@ -93,6 +93,33 @@ def test_run_writes_metrics_curve_config_and_a_loadable_adapter(sft_config, recw
         torch.testing.assert_close(base(input_ids=ids).logits, run.model(input_ids=ids).logits)
 
 
+VARIANTS = {
+    "dora": ("lora.use_dora=true",),
+    "rslora": ("lora.use_rslora=true",),
+    "pissa": ("lora.init_lora_weights=pissa",),
+    "loraplus": ("train.loraplus_lr_ratio=16", "train.lr=2e-3"),
+    "vera": ("method=vera", "vera.r=16", "train.lr=5e-2"),
+    "adalora": ("method=adalora", "adalora.init_r=6", "adalora.target_r=2", "adalora.tinit=2", "adalora.tfinal=2",
+                "adalora.target_modules=all-linear", "train.lr=5e-2"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_trainer_trains_each_variant_and_saves_a_loadable_adapter(sft_config, variant):
+    drop = ("lora",) if any(o.startswith("method=") for o in VARIANTS[variant]) else ()
+    config = sft_config("train.steps=12", *VARIANTS[variant], drop=drop)
+    run = prepare(config)
+    result = train(config, run=run, quiet=True, eval_before=True)
+    assert result.final_eval.loss < result.first_eval.loss - 0.03, (result.first_eval.loss, result.final_eval.loss)
+
+    base, _ = load_causal_lm(config.model.name)
+    lorakit.load_adapter(base, result.adapter_dir)
+    ids = torch.tensor([[1, 5, 9, 200, 4000]])
+    run.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(base(input_ids=ids).logits, run.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_logged_lr_is_the_lr_each_step_used(sft_config):
     config = sft_config("train.steps=5", "train.warmup_steps=2", "train.schedule=linear", "train.lr=0.01")
     train(config, quiet=True)

@@ -84,6 +84,27 @@ def test_classification_task_rejects_chat_formats():
         _load("task=classification", "data.format=alpaca")
 
 
+@pytest.mark.parametrize("overrides, section", [
+    (("lora.r=4", "method=vera"), "lora"),
+    (("vera.r=16",), "vera"),
+    (("adalora.init_r=8", "method=vera"), "adalora"),
+])
+def test_settings_of_another_method_are_an_error(overrides, section):
+    with pytest.raises(ConfigError, match=f"`{section}:` settings are given but method is"):
+        _load(*overrides)
+
+
+def test_each_adapter_method_uses_its_own_section():
+    assert _load("method=vera", "vera.r=16").adapter.r == 16
+    assert _load("method=adalora", "adalora.init_r=8").adapter.init_r == 8
+    assert _load("lora.r=4").adapter.r == 4
+
+
+def test_pissa_with_dora_is_rejected_before_training():
+    with pytest.raises(ConfigError, match="PiSSA with use_dora"):
+        _load("lora.init_lora_weights=pissa", "lora.use_dora=true")
+
+
 def test_resolved_config_round_trips_through_yaml():
     config = _load("train.steps=3", "lora.r=4", "lora.target_modules=[q_proj]")
     again = load_config(RunConfig, None, base=yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json"))))

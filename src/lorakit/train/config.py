@@ -11,8 +11,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import AdaLoraConfig, LoraConfig
+from ..config import AdaLoraConfig, LoraConfig, VeraConfig
 from ..models import DEFAULT_CAUSAL_LM
+from ..tuners.pissa import pissa_niter
 
 
 class _Section(BaseModel):
@@ -62,16 +63,21 @@ class EvalSection(_Section):
     generate: bool = Field(True, description="Measure exact match of greedy generations (chat data).")
 
 
+ADAPTER_SECTIONS = ("lora", "adalora", "vera")
+"""Methods that train an adapter; each has a config section of the same name."""
+
+
 class RunConfig(_Section):
     task: Literal["sft", "classification"] = Field("sft", description="Instruction SFT or sequence classification.")
-    method: Literal["lora", "adalora", "full"] = Field(
-        "lora", description="LoRA adapter (`lora:` section), AdaLoRA (`adalora:` section: ranks reallocated while "
-        "training), or full fine-tuning (baseline).")
+    method: Literal["lora", "adalora", "vera", "full"] = Field(
+        "lora", description="LoRA and its variants DoRA, rsLoRA, PiSSA (`lora:` section), AdaLoRA (`adalora:`: "
+        "ranks reallocated while training), VeRA (`vera:`), or full fine-tuning (the baseline).")
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Used with method: lora (peft's field names).")
     adalora: AdaLoraConfig = Field(
         default_factory=AdaLoraConfig,
         description="Used with method: adalora. total_step left unset: the trainer's step count.")
+    vera: VeraConfig = Field(default_factory=VeraConfig, description="Used with method: vera (peft's field names).")
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -81,16 +87,21 @@ class RunConfig(_Section):
     def _consistent(self):
         if self.task == "classification" and self.data.format not in (None, "classification"):
             raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
-        unused = "lora" if self.method == "adalora" else "adalora"  # (full ignores `lora:`, as it always did)
-        if getattr(self, unused) != type(self).model_fields[unused].default_factory():
-            raise ValueError(f"`{unused}:` settings are given but method is {self.method!r}; "
-                             f"set method: {unused} or remove them")
+        if self.method == "lora" and self.lora.use_dora and pissa_niter(self.lora.init_lora_weights) is not False:
+            raise ValueError("lora.init_lora_weights: PiSSA with use_dora cannot be converted to an adapter for the "
+                             "original base after training; use one or the other")
+        for section in ADAPTER_SECTIONS:
+            if section == self.method or (section == "lora" and self.method == "full"):
+                continue  # (full ignores `lora:`, as it always did)
+            if getattr(self, section) != type(self).model_fields[section].default_factory():
+                raise ValueError(f"`{section}:` settings are given but method is {self.method!r}; "
+                                 f"set method: {section} or remove them")
         return self
 
     @property
-    def adapter(self) -> LoraConfig | AdaLoraConfig:
-        """The adapter config the method uses: `lora` or `adalora` (the other section is absent)."""
-        return self.adalora if self.method == "adalora" else self.lora
+    def adapter(self) -> LoraConfig | AdaLoraConfig | VeraConfig:
+        """The adapter config of the method: its section of the config (`lora:` for full, unused)."""
+        return getattr(self, self.method if self.method in ADAPTER_SECTIONS else "lora")
 
     @property
     def out(self) -> Path:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..io import save_adapter
 from ..tuners import adalora
+from ..tuners.pissa import pissa_niter
 from . import checkpoint
 from .config import RunConfig
 from .evaluate import EvalResult, accuracy, exact_match, generate_answers, mean_loss
@@ -29,6 +30,10 @@ from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
 from .prepare import Prepared, prepare
 from .schedule import build_scheduler
+
+
+PISSA_INITIAL = "pissa_initial"
+"""Under output_dir: a PiSSA adapter as initialised, from which the shipped adapter is converted."""
 
 
 class TrainingError(RuntimeError):
@@ -73,6 +78,8 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(out)}")
     run = run or prepare(config)
     model, tc = run.model, config.train
+    if _is_pissa(config):  # before any update (and before a resume restores the trained factors)
+        save_adapter(model, out / PISSA_INITIAL, base_model_name_or_path=config.model.name)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
@@ -179,10 +186,18 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path,
         run.model.save_pretrained(target)
         run.tokenizer.save_pretrained(target)
         return target
-    adapter = save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name)
+    # PiSSA trains against a residual base; what is shipped is the rank-2r LoRA for the original base
+    # that adapter_config.json names (see tuners/pissa.py).
+    initial = config.out / PISSA_INITIAL if _is_pissa(config) else None
+    adapter = save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name,
+                           convert_pissa_to_lora=initial)
     if run.labels is not None:  # a classifier's label names, index = class id (read by lorakit eval)
         (Path(adapter) / "labels.json").write_text(json.dumps(run.labels))
     return adapter
+
+
+def _is_pissa(config: RunConfig) -> bool:
+    return config.method == "lora" and pissa_niter(config.lora.init_lora_weights) is not False
 
 
 def _real_tokens(batch: dict) -> int:
