@@ -87,3 +87,38 @@ def test_route_rejects_unknown_name_and_merged_state(llama):
     with pytest.raises(RuntimeError, match="merged"):
         with lorakit.route(llama, ["a", None]):
             pass
+
+
+def _routed_equals_alone(model, ids, names):
+    with lorakit.route(model, names):
+        mixed = logits(model, ids)
+    for i, name in enumerate(names):
+        lorakit.set_adapter(model, name)
+        torch.testing.assert_close(mixed[i : i + 1], logits(model, ids[i : i + 1]), atol=1e-5, rtol=1e-5)
+
+
+def test_route_follows_adapter_changes_between_blocks():
+    """The stacked factors are cached across route() blocks; in-place edits, deletes and re-adds show."""
+    model = _three_adapters("llama")
+    ids = torch.randint(0, 128, (3, 7), generator=torch.Generator().manual_seed(4))
+    names = ["a", "c", "b"]
+    _routed_equals_alone(model, ids, names)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.adapters["c"].lora_B.mul_(-3)
+    _routed_equals_alone(model, ids, names)
+    lorakit.delete_adapter(model, "b")
+    lorakit.inject(model, lorakit.LoraConfig(r=6, target_modules=["v_proj"]), "b")
+    randomize_lora_b(model)
+    _routed_equals_alone(model, ids, names)
+
+
+def test_route_skips_other_kinds_of_adapter_on_the_same_layers():
+    model = MODEL_FACTORIES["llama"]()
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"]), "a")
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"], use_dora=True), "d")
+    lorakit.inject(model, lorakit.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), "b")
+    randomize_lora_b(model)
+    _routed_equals_alone(model, torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(5)), ["b", "a"])
+    with pytest.raises(NotImplementedError, match="plain LoRA"):
+        with lorakit.route(model, ["d", "a"]):
+            pass

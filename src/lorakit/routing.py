@@ -1,9 +1,10 @@
 """Named adapters on one model: which is active, switching, disabling, deleting, and per-row routing.
 
 `route(model, names)` runs batch row i through adapter names[i] (None = the base model) in one
-forward. Each wrapper gets the used adapters' factors stacked once per `route` block, rank-padded
-with zeros and with the scaling folded into B; a forward then costs one gather and two batched
-matmuls per layer, whatever the number of adapters: there is no Python loop over adapters.
+forward. Each wrapper keeps all its adapters' factors stacked (rank-padded with zeros, the scaling
+folded into B, slot 0 all zeros for the base), built on the first `route` and reused until an
+adapter changes (its tensors' version counters or storage). A forward then costs one gather and
+two batched matmuls per layer, whatever the number of adapters: there is no Python loop over adapters.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if adapter_name not in holder.adapters:
             continue
         holder.delete(adapter_name)
+        holder.__dict__.pop("route_stacks", None)  # (routing's cached factor stacks)
         if len(holder.adapters) == 0:
             _replace(model, name, holder.base if isinstance(holder, LoraWrapper) else holder.original)
     del adapter_configs(model)[adapter_name]
@@ -82,7 +84,9 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
     """Run row i of every batch through adapter `names_per_row[i]` (None: the base) in one forward.
 
     Works under `model.generate` (rows expanded by num_return_sequences are followed). Inference
-    only: adapter dropout is not applied.
+    only: adapter dropout is not applied and no gradient reaches the adapters. The stacked factors
+    stay cached on the layers after the block (one more copy of the plain LoRA adapters, what a
+    server wants); `delete_adapter` drops them.
     """
     for name in set(names_per_row):
         _check_name(model, name)
@@ -96,10 +100,16 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
     saved_to = [m for _, m in _holders(model) if isinstance(m, ModulesToSave)]
     if saved_to and len(set(names_per_row)) > 1:
         raise NotImplementedError("route() with modules_to_save adapters is not supported; use set_adapter")
-    slot = {name: i + 1 for i, name in enumerate(used)}  # slot 0: zeros (the base)
-    rows = torch.tensor([slot.get(n, 0) for n in names_per_row], dtype=torch.long)
+    rows = {}  # per slot layout: wrappers holding the same adapters share one row → slot tensor
     for w in wrappers:
-        w.__dict__["row_delta"] = _RowDelta(w, used, rows)
+        if not any(n in w.adapters for n in used):
+            w.__dict__["row_delta"] = _skip
+            continue
+        names, a_stack, b_stack = _stacks(w)
+        if names not in rows:
+            slot = {name: i + 1 for i, name in enumerate(names)}
+            rows[names] = torch.tensor([slot.get(n, 0) for n in names_per_row], dtype=torch.long)
+        w.__dict__["row_delta"] = _RowDelta(w, a_stack, b_stack, rows[names])
     try:
         yield model
     finally:
@@ -107,31 +117,46 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
             w.__dict__["row_delta"] = None
 
 
+def _skip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A layer that none of the batch's rows adapts returns the base output untouched."""
+    return y
+
+
+def _stacks(wrapper: LoraWrapper) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    """(names, A stack (1 + n, in, r_max), B stack (1 + n, r_max, out)) of the wrapper's n plain LoRA
+    adapters, cached on the wrapper.
+
+    Slot 0 is zeros (the base); slot i is adapter names[i - 1], Aᵀ and scaling · Bᵀ, zero-padded to
+    the largest rank. The cache key changes whenever an adapter is added, removed, replaced or
+    modified in place (tensor version counters), so a stale stack is never used.
+    """
+    plain = [(n, a) for n, a in wrapper.adapters.items() if type(a) is LoraAdapter and a.dora is None]
+    key = tuple((n, id(a), a.scaling, t.data_ptr(), t._version) for n, a in plain for t in (a.lora_A, a.lora_B))
+    hit = wrapper.__dict__.get("route_stacks")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    like = plain[0][1].lora_A
+    r_max = max(a.r for _, a in plain)
+    a_stack = torch.zeros(len(plain) + 1, wrapper.in_features, r_max, dtype=like.dtype, device=like.device)
+    b_stack = torch.zeros(len(plain) + 1, r_max, wrapper.out_features, dtype=like.dtype, device=like.device)
+    with torch.no_grad():
+        for i, (_, a) in enumerate(plain, start=1):
+            a_stack[i, :, : a.r] = a.lora_A.T
+            b_stack[i, : a.r, :] = a.lora_B.T * a.scaling
+    stacks = (tuple(n for n, _ in plain), a_stack, b_stack)
+    wrapper.__dict__["route_stacks"] = (key, stacks)
+    return stacks
+
+
 class _RowDelta:
     """Per-row adapter update for one wrapper: `(x, y) -> y + delta`, x (b, ..., in), y (b, ..., out)."""
 
-    def __init__(self, wrapper: LoraWrapper, used: list[str], rows: torch.Tensor):
-        present = [wrapper.adapters[n] if n in wrapper.adapters else None for n in used]
-        real = [a for a in present if a is not None]
-        # A layer that none of the batch's rows adapts returns the base output untouched.
-        self.skip = not any(s > 0 and present[s - 1] is not None for s in set(rows.tolist()))
-        like = real[0].lora_A if real else None
-        r_max = max((a.r for a in real), default=1)
-        n_in, n_out = wrapper.in_features, wrapper.out_features
-        self.embedding = isinstance(wrapper, LoraEmbedding)
-        self.n_in = n_in
-        self.rows = rows.to(like.device if like is not None else None)
-        if self.skip:
-            return
-        a_stack = torch.zeros(len(used) + 1, n_in, r_max, dtype=like.dtype, device=like.device)
-        b_stack = torch.zeros(len(used) + 1, r_max, n_out, dtype=a_stack.dtype, device=a_stack.device)
-        with torch.no_grad():
-            for i, a in enumerate(present, start=1):
-                if a is not None:
-                    a_stack[i, :, : a.r] = a.lora_A.T
-                    b_stack[i, : a.r, :] = a.lora_B.T * a.scaling
+    def __init__(self, wrapper: LoraWrapper, a_stack: torch.Tensor, b_stack: torch.Tensor, rows: torch.Tensor):
         self.a_stack, self.b_stack = a_stack, b_stack
-        self.a_flat = a_stack.view(-1, r_max)  # embeddings: row (slot * n_in + id) is A[:, id] of that slot
+        self.embedding = isinstance(wrapper, LoraEmbedding)
+        self.n_in = wrapper.in_features
+        self.rows = rows.to(self.a_stack.device)
+        self.a_flat = self.a_stack.view(-1, self.a_stack.shape[-1])  # embeddings: row (slot * n_in + id) is A[:, id]
 
     def _rows_for(self, batch: int) -> torch.Tensor:
         n = self.rows.numel()
@@ -143,8 +168,6 @@ class _RowDelta:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rows = self._rows_for(x.shape[0])
-        if self.skip:
-            return y
         b = x.shape[0]
         # index_select on the contiguous stacks: a plain row copy, much cheaper than advanced indexing.
         if self.embedding:
