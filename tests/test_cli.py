@@ -83,6 +83,23 @@ def test_hub_id_while_offline_exits_2(capsys, sft_files):
     assert "does not download from a hub" in err
 
 
+def test_target_typo_exits_2_naming_the_entry(tiny_lm_dir, capsys):
+    err = _one_line_error(capsys, ["inspect", str(tiny_lm_dir), "lora.target_modules=[q_proj,qq_proj]"])
+    assert "matched no module: qq_proj" in err
+
+
+def test_an_internal_error_is_not_passed_off_as_a_user_error(tiny_lm_dir, monkeypatch):
+    """Only InputError (and file errors) are one-line exits; a bug's ValueError keeps its traceback."""
+    from lorakit.train import prepare
+
+    def broken(model, config):
+        raise ValueError("internal bug")
+
+    monkeypatch.setattr(prepare, "attach_method", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        main(["inspect", str(tiny_lm_dir)])
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from lorakit.config import ConfigError
 

@@ -13,6 +13,8 @@ from typing import Optional, get_args, get_origin
 
 from pydantic import BaseModel
 
+from .errors import InputError
+
 EXIT_USAGE = 2
 
 
@@ -51,7 +53,7 @@ def _load_trained(args):
 
     if args.adapter is None:
         if args.base:
-            raise ValueError("--base goes with --adapter; --model is loaded as it is")
+            raise InputError("--base goes with --adapter; --model is loaded as it is")
         return load_trained(args.model)
     if not (Path(args.adapter).expanduser() / CONFIG_NAME).is_file():
         raise AdapterFormatError(f"--adapter {args.adapter}: not an adapter directory (no {CONFIG_NAME})")
@@ -113,7 +115,7 @@ def cmd_chat(args) -> int:
 
     trained = _load_trained(args)
     if trained.task != "sft":
-        raise ValueError(f"{args.adapter or args.model}: a classifier cannot chat; use lorakit generate")
+        raise InputError(f"{args.adapter or args.model}: a classifier cannot chat; use lorakit generate")
     print(f"chatting with {trained.adapter_dir or trained.base} — empty line or Ctrl-D to quit, /reset to start over")
     history: list[dict] = []
     while True:
@@ -262,14 +264,10 @@ def _quiet_transformers() -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", reported in one line."""
-    from .config import ConfigError
-    from .data.io import DataError
-    from .io import AdapterFormatError
-    from .models import ModelNotFoundError
     from .train.loop import TrainingError
 
-    return (ConfigError, DataError, ModelNotFoundError, AdapterFormatError, TrainingError, FileNotFoundError,
-            NotADirectoryError, PermissionError, ValueError)
+    # ConfigError, DataError, AdapterFormatError... are InputErrors; ModelNotFoundError is a FileNotFoundError.
+    return InputError, TrainingError, FileNotFoundError, NotADirectoryError, PermissionError
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .errors import InputError
+
 TargetSpec = Union[list[str], str, None]
 
 
@@ -205,7 +207,7 @@ def _pattern_value(patterns: dict, name: str, default):
     return default
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override that does not validate: names the file, line and dotted key."""
 
 

@@ -16,6 +16,7 @@ from .tuners.lora import LoraAdapter, LoraWrapper, ModulesToSave, is_linear_like
 from .tuners.pissa import pissa_init, pissa_niter
 from .tuners import adalora, vera
 from .tuners.dora import DoraMagnitude
+from .errors import InputError
 
 PRESETS: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -56,11 +57,11 @@ def candidate_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def select_targets(model: nn.Module, config: LoraConfig) -> list[str]:
-    """Names of the modules `config` adapts, or a ValueError that says what to write instead."""
+    """Names of the modules `config` adapts, or an InputError that says what to write instead."""
     candidates = candidate_modules(model)
     spec = config.target_modules if config.target_modules is not None else preset_targets(model)
     if spec is None:
-        raise ValueError(
+        raise InputError(
             f"target_modules is not set and there is no preset for model type "
             f"{_model_type(model)!r}; {_hint(model, candidates)}"
         )
@@ -74,11 +75,11 @@ def select_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     if config.layers_to_transform is not None:
         chosen = [n for n in chosen if _layer_index(n, config.layers_pattern) in config.layers_to_transform]
     if not chosen:
-        raise ValueError(f"target_modules={spec!r} matched no module; {_hint(model, candidates)}")
+        raise InputError(f"target_modules={spec!r} matched no module; {_hint(model, candidates)}")
     if isinstance(spec, list):
         unmatched = [t for t in spec if not any(n == t or n.endswith("." + t) for n in candidates)]
         if unmatched:
-            raise ValueError(
+            raise InputError(
                 f"target_modules entries matched no module: {', '.join(unmatched)}; {_hint(model, candidates)}"
             )
     return chosen
@@ -193,7 +194,7 @@ def _resolve_modules_to_save(model: nn.Module, names: Iterable[str]) -> list[str
         hits = [n for n in hits if not any(n.startswith(h + ".") for h in hits)]
         (found.extend(hits) if hits else unmatched.append(target))
     if unmatched:
-        raise ValueError(f"modules_to_save entries matched no module: {', '.join(unmatched)}")
+        raise InputError(f"modules_to_save entries matched no module: {', '.join(unmatched)}")
     return found
 
 

@@ -31,6 +31,7 @@ from .quant import quant_spec
 from .routing import delete_adapter, set_adapter
 from .tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
 from .tuners.vera import shared_projection
+from .errors import InputError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,7 +43,7 @@ TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS"
               "ForConditionalGeneration": "SEQ_2_SEQ_LM"}
 
 
-class AdapterFormatError(ValueError):
+class AdapterFormatError(InputError):
     """An adapter directory that cannot be loaded: names the file and what is wrong."""
 
 

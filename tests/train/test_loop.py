@@ -15,7 +15,7 @@ import lorakit
 from lorakit.config import load_config
 from lorakit.data.batching import collate_padded
 from lorakit.models import load_causal_lm, load_classifier
-from lorakit.train import checkpoint, loop
+from lorakit.train import checkpoint, evaluate, loop
 from lorakit.train.config import RunConfig
 from lorakit.train.loop import TrainingError, train
 from lorakit.train.losses import count_targets
@@ -259,7 +259,7 @@ def test_classification_with_string_labels_learns_and_saves_its_head(classify_co
 
 def test_early_stopping_stops_after_patience_evals_without_gain(sft_config, monkeypatch):
     eval_losses = iter([3.0, 2.0, 2.5, 1.5, 1.6, 1.7, 1.0, 1.0, 1.0, 1.0])
-    monkeypatch.setattr(loop, "mean_loss", lambda *args: (next(eval_losses), 1.0))
+    monkeypatch.setattr(evaluate, "mean_loss", lambda *args: (next(eval_losses), 1.0))
     config = sft_config("train.steps=10", "train.eval_every=1", "train.early_stopping_patience=2")
     result = train(config, quiet=True)
 

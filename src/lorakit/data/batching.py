@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 
 from lorakit.data.tokenize import IGNORE
+from ..errors import InputError
 
 Plan = list[list[Any]]  # a batch: example indices (grouped) or rows of example indices (packed)
 
@@ -45,7 +46,7 @@ def length_grouped_plan(lengths: Sequence[int], max_tokens: int, g: torch.Genera
                         window: int | None = None, max_batch_size: int | None = None) -> Plan:
     """Batches of example indices with ``len(batch) * max(lengths in batch) <= max_tokens``."""
     if max(lengths) > max_tokens:
-        raise ValueError(f"an example has {max(lengths)} tokens, more than max_tokens={max_tokens}")
+        raise InputError(f"an example has {max(lengths)} tokens, more than max_tokens={max_tokens}")
     perm = torch.randperm(len(lengths), generator=g).tolist()
     window = window or len(perm)
     batches: Plan = []
@@ -72,7 +73,7 @@ def packed_plan(lengths: Sequence[int], max_length: int, max_tokens: int, g: tor
     ``max_tokens // max_length`` per batch.
     """
     if max(lengths) > max_length:
-        raise ValueError(f"an example has {max(lengths)} tokens, more than max_length={max_length}")
+        raise InputError(f"an example has {max(lengths)} tokens, more than max_length={max_length}")
     perm = torch.randperm(len(lengths), generator=g).tolist()
     rows: list[list[int]] = []
     room: list[int] = []
@@ -124,7 +125,7 @@ class ResumableBatches:
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed or state["fingerprint"] != self.fingerprint:
-            raise ValueError("batch state was saved for a different dataset, seed or batching setup")
+            raise InputError("batch state was saved for a different dataset, seed or batching setup")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 

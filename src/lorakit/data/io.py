@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A problem with a data file; the message is one line starting with ``file:location:``."""
 
 

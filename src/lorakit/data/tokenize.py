@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from lorakit.data.formats import Dataset
 from lorakit.data.io import DataError
+from ..errors import InputError
 
 IGNORE = -100
 FALLBACK_EOT = "<|im_end|>"
@@ -142,7 +143,7 @@ def _assistant_spans(tokenizer: Any, messages: list[dict], full: list[int]) -> l
         before = render_ids(tokenizer, messages[:i], add_generation_prompt=True)
         upto = render_ids(tokenizer, messages[: i + 1])
         if full[: len(before)] != before or full[: len(upto)] != upto:
-            raise ValueError(f"chat template is not prefix-stable at message {i}; cannot locate the assistant reply")
+            raise InputError(f"chat template is not prefix-stable at message {i}; cannot locate the assistant reply")
         span = upto[len(before):]
         ends = [k + 1 for k, t in enumerate(span) if t in eot]
         end = ends[-1] if ends else len(span)

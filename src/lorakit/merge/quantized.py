@@ -30,6 +30,7 @@ from ..quant import dequantize, quantizable_linears, quantized_linear_class
 from ..routing import _holders, set_adapter
 from ..tuners.lora import LoraAdapter, LoraWrapper
 from .base import merge_and_unload
+from ..errors import InputError
 
 CAUSAL_TASKS = (None, "CAUSAL_LM")
 
@@ -112,17 +113,17 @@ def merge_adapter_to_dir(
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config = read_config(adapter_dir)
     if config.task_type not in CAUSAL_TASKS:
-        raise ValueError(f"{adapter_dir}: task_type {config.task_type!r}: only causal LM adapters can be merged here")
+        raise InputError(f"{adapter_dir}: task_type {config.task_type!r}: only causal LM adapters can be merged here")
     base = base_model or config.base_model_name_or_path
     if not base:
-        raise ValueError(f"{adapter_dir}: adapter_config.json has no base_model_name_or_path; pass base_model=")
+        raise InputError(f"{adapter_dir}: adapter_config.json has no base_model_name_or_path; pass base_model=")
     spec = read_base_quantization(adapter_dir) or {}
     method = base_quantization or spec.get("method")
     if base_quantization and base_quantization != spec.get("method"):
         spec = {}
     dtype = dtype or spec.get("compute_dtype", "float32")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+        raise InputError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     if requantize is not None:
         quantized_linear_class(requantize)  # unknown method: fail before loading anything
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}

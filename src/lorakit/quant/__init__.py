@@ -14,6 +14,7 @@ from torch import nn
 
 from lorakit.quant.int8 import Int8Linear
 from lorakit.quant.nf4 import NF4_CODEBOOK, NF4Linear, dequantize_nf4, quantize_nf4
+from ..errors import InputError
 
 #: method name -> quantized linear class; each has `from_linear(linear, double_quant=, blocksize=)`.
 QUANTIZED_LINEARS: dict[str, type[nn.Module]] = {"nf4": NF4Linear, "int8": Int8Linear}
@@ -46,7 +47,7 @@ def quantize(
 
 def quantized_linear_class(method: str) -> type[nn.Module]:
     if method not in QUANTIZED_LINEARS:
-        raise ValueError(f"unknown quantization method {method!r}; valid: {sorted(QUANTIZED_LINEARS)}")
+        raise InputError(f"unknown quantization method {method!r}; valid: {sorted(QUANTIZED_LINEARS)}")
     return QUANTIZED_LINEARS[method]
 
 

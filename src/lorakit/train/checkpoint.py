@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import InputError
+
 PREFIX = "step-"
 
 
@@ -69,7 +71,7 @@ def restore(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
     unknown = sorted(n for n in tensors if n not in params)
     if missing or unknown:
-        raise ValueError(f"{path}: checkpoint does not match this run (missing {missing[:3]}, unknown {unknown[:3]})")
+        raise InputError(f"{path}: checkpoint does not match this run (missing {missing[:3]}, unknown {unknown[:3]})")
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t)

@@ -114,7 +114,6 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset, labels: list | None =
     from .losses import causal_lm_loss_sum, classification_loss_sum
 
     rows = dataset.rows[:max_samples]
-    result = EvalResult()
     if labels and dataset.kind != "classification":
         raise DataError(f"{dataset.source}: {dataset.kind} data cannot evaluate a classifier")
     if dataset.kind == "classification":
@@ -133,10 +132,21 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset, labels: list | None =
     if not examples:
         raise DataError(f"{dataset.source}: no row to evaluate")
     loader = grouped_batches(examples, max(max_tokens, max(len(e) for e in examples)), tokenizer.pad_token_id, 0)
-    result.loss, result.perplexity = mean_loss(model, loader, loss_sum)
-    if dataset.kind == "classification":
-        result.accuracy = accuracy(model, loader)
-    elif generate and dataset.kind == "chat":
-        result.samples = generate_answers(model, tokenizer, rows, max_new_tokens, batch_size)
+    conversations = rows if generate and dataset.kind == "chat" else None
+    return score(model, lambda: loader, loss_sum, dataset.kind == "classification", tokenizer, conversations,
+                 max_new_tokens, batch_size)
+
+
+def score(model: nn.Module, batches: Callable[[], Iterable[dict]], loss_sum: Callable, classification: bool,
+          tokenizer=None, conversations: list[list[dict]] | None = None, max_new_tokens: int = 48,
+          batch_size: int = 16) -> EvalResult:
+    """The one evaluation recipe (trainer and `lorakit eval`): loss and perplexity over `batches()`,
+    then accuracy (a classifier) or exact match of greedy answers to `conversations` (if any)."""
+    result = EvalResult()
+    result.loss, result.perplexity = mean_loss(model, batches(), loss_sum)
+    if classification:
+        result.accuracy = accuracy(model, batches())
+    elif conversations:
+        result.samples = generate_answers(model, tokenizer, conversations, max_new_tokens, batch_size)
         result.exact_match = exact_match(result.samples)
     return result

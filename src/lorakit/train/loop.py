@@ -24,7 +24,7 @@ from ..tuners import adalora
 from ..tuners.pissa import pissa_niter
 from . import checkpoint
 from .config import RunConfig
-from .evaluate import EvalResult, accuracy, exact_match, generate_answers, mean_loss
+from .evaluate import EvalResult, score
 from .losses import count_targets
 from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
@@ -55,17 +55,11 @@ class TrainResult:
 
 def evaluate(run: Prepared, config: RunConfig, generate: bool = True) -> EvalResult:
     """Eval loss / perplexity, and exact match (chat data) or accuracy (classification)."""
-    result = EvalResult()
     if run.eval_batches is None:
-        return result
-    result.loss, result.perplexity = mean_loss(run.model, _one_epoch(run.eval_batches), run.loss_sum)
-    if config.task == "classification":
-        result.accuracy = accuracy(run.model, _one_epoch(run.eval_batches))
-    elif generate and config.eval.generate and run.eval_conversations:
-        result.samples = generate_answers(run.model, run.tokenizer, run.eval_conversations,
-                                          config.eval.max_new_tokens, config.eval.batch_size)
-        result.exact_match = exact_match(result.samples)
-    return result
+        return EvalResult()
+    conversations = run.eval_conversations if generate and config.eval.generate else None
+    return score(run.model, lambda: _one_epoch(run.eval_batches), run.loss_sum, config.task == "classification",
+                 run.tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch_size)
 
 
 def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = None,

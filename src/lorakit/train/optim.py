@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper
+from ..errors import InputError
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, loraplus_lr_ratio: Optional[float] = None,
@@ -51,7 +52,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, lora
     """AdamW over the trainable parameters (LoRA+ learning rates when `loraplus_lr_ratio` is set)."""
     groups = param_groups(model, lr, weight_decay, loraplus_lr_ratio, loraplus_lr_embedding)
     if not groups:
-        raise ValueError("no trainable parameters: inject an adapter or unfreeze the model first")
+        raise InputError("no trainable parameters: inject an adapter or unfreeze the model first")
     return torch.optim.AdamW(groups, lr=lr)
 
 

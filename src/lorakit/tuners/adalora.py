@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+
 STATE_FILE = "adalora_state.safetensors"
 """The allocator's state inside a training checkpoint (smoothed scores and masks), for exact resumes."""
 FACTORS = ("lora_A", "lora_E", "lora_B")
@@ -145,12 +147,12 @@ class RankAllocator:
         self.tinit, self.deltaT, self.total_step = config.tinit, config.deltaT, total_step
         self.final_step = total_step - config.tfinal
         if self.tinit >= self.final_step:
-            raise ValueError(f"AdaLoRA schedule has no pruning phase: tinit={config.tinit} >= total_step - tfinal "
+            raise InputError(f"AdaLoRA schedule has no pruning phase: tinit={config.tinit} >= total_step - tfinal "
                              f"= {total_step} - {config.tfinal}; lower tinit/tfinal or train longer")
         self.init_budget = sum(a.r for a in adapters.values())
         self.target_budget = config.target_r * len(adapters)
         if self.target_budget > self.init_budget:
-            raise ValueError(f"target_r={config.target_r} × {len(adapters)} layers exceeds the initial budget "
+            raise InputError(f"target_r={config.target_r} × {len(adapters)} layers exceeds the initial budget "
                              f"({self.init_budget} triplets)")
         self.ipt: dict[str, torch.Tensor] = {}  # "<module>.<factor>" -> Ī, fp32, shaped like the factor
         self.unc: dict[str, torch.Tensor] = {}  # "<module>.<factor>" -> Ū
@@ -285,6 +287,6 @@ def training_hooks(model: nn.Module, adapter_name: Optional[str] = None,
     config = configs[name]
     if config.total_step is None:
         if total_step is None:
-            raise ValueError("AdaLoRA needs total_step (the schedule length): set it in AdaLoraConfig or pass it")
+            raise InputError("AdaLoRA needs total_step (the schedule length): set it in AdaLoraConfig or pass it")
         config = configs[name] = config.model_copy(update={"total_step": total_step})
     return AdaLoraHooks(name, config, config.total_step, adapters)

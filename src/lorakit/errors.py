@@ -1,0 +1,11 @@
+"""The base of every "fix your input" error.
+
+`InputError` (a ValueError) means something the user gave is wrong: a config key, a data row, a
+model name, an adapter directory, a list of target modules. Its message names what and where in
+one line. The CLI prints these in one line and exits with code 2; any other exception is a bug in
+lorakit and keeps its traceback.
+"""
+
+
+class InputError(ValueError):
+    """Something the user gave is wrong; the message says what and where, in one line."""
