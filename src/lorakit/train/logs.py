@@ -16,7 +16,12 @@ class MetricsLog:
             self.path.write_text("".join(l + "\n" for l in kept))
         elif not resume:
             self.path.write_text("")
-        self._tb = _tensorboard(Path(directory) / "tensorboard")
+        tb_dir = Path(directory) / "tensorboard"
+        if not resume:  # a new run into an old output_dir: its curves must not mix with the old ones
+            for old in tb_dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        # On resume, TensorBoard hides the old events from the resumed step on (they are redone).
+        self._tb = _tensorboard(tb_dir, purge_step=until_step + 1 if resume and until_step is not None else None)
 
     def write(self, row: dict) -> None:
         with open(self.path, "a") as f:
@@ -35,12 +40,12 @@ class MetricsLog:
             self._tb.close()
 
 
-def _tensorboard(directory: Path):
+def _tensorboard(directory: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(directory))
+    return SummaryWriter(str(directory), purge_step=purge_step)
 
 
 def plot_loss(rows: list[dict], target: Path) -> Path:
