@@ -12,12 +12,13 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from lorakit.quant.base import QuantizedLinear
 from lorakit.quant.int8 import Int8Linear
 from lorakit.quant.nf4 import NF4_CODEBOOK, NF4Linear, dequantize_nf4, quantize_nf4
 from ..errors import InputError
 
-#: method name -> quantized linear class; each has `from_linear(linear, double_quant=, blocksize=)`.
-QUANTIZED_LINEARS: dict[str, type[nn.Module]] = {"nf4": NF4Linear, "int8": Int8Linear}
+#: method name -> quantized linear class (a `QuantizedLinear`: `from_linear(linear, **format options)`).
+QUANTIZED_LINEARS: dict[str, type[QuantizedLinear]] = {"nf4": NF4Linear, "int8": Int8Linear}
 QUANTIZED_TYPES = tuple(QUANTIZED_LINEARS.values())
 
 
@@ -120,7 +121,8 @@ def bytes_per_param(model: nn.Module) -> float:
 
 
 __all__ = [
-    "NF4_CODEBOOK", "NF4Linear", "Int8Linear", "QUANTIZED_LINEARS", "QUANTIZED_TYPES", "quantize", "dequantize",
+    "NF4_CODEBOOK", "NF4Linear", "Int8Linear", "QuantizedLinear", "QUANTIZED_LINEARS", "QUANTIZED_TYPES", "quantize",
+    "dequantize",
     "quantizable_linears", "quantized_linear_class", "quant_spec", "to_linear", "quantized_bytes",
     "bytes_per_param", "quantize_nf4", "dequantize_nf4",
 ]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from lorakit.quant.base import QuantizedLinear
 from lorakit.quant.scales import dequantize_scales, quantize_scales
 
 #: The 16 NF4 levels (QLoRA paper, appendix E), in ascending order; identical to bitsandbytes'.
@@ -147,30 +147,18 @@ class _NF4Matmul(torch.autograd.Function):
         return grad_out @ weight, None, None, None, None
 
 
-class NF4Linear(nn.Module):
-    """Frozen linear layer with an NF4 weight: (..., in) -> (..., out).
+class NF4Linear(QuantizedLinear):
+    """Frozen linear layer with an NF4 weight (blocks of `blocksize`, scales optionally
+    double-quantized): (..., in) -> (..., out)."""
 
-    Construct with `from_linear` / `from_weight`; the plain constructor builds an empty
-    skeleton of the right buffer shapes for `load_state_dict`. The input is cast to
-    `compute_dtype` for the matmul and the output cast back to the input's dtype.
-    """
+    OPTIONS = ("double_quant", "blocksize")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        double_quant: bool = True,
-        blocksize: int = 64,
-        compute_dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, double_quant: bool = True,
+                 blocksize: int = 64, compute_dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None):
+        super().__init__(in_features, out_features, bias, compute_dtype, device)
         self.blocksize = blocksize
         self.double_quant = double_quant
-        self.compute_dtype = compute_dtype
         n_blocks = -(in_features * out_features // -blocksize)
         self.register_buffer(
             "weight_packed", torch.zeros(n_blocks * blocksize // 2, dtype=torch.uint8, device=device)
@@ -182,54 +170,13 @@ class NF4Linear(nn.Module):
         else:
             self.register_buffer("absmax", torch.zeros(n_blocks, device=device))
         self.register_buffer("table", byte_table().to(device), persistent=False)
-        self.bias = (
-            nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device), requires_grad=False)
-            if bias
-            else None
-        )
 
-    @classmethod
-    def from_weight(
-        cls,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None = None,
-        double_quant: bool = True,
-        blocksize: int = 64,
-        compute_dtype: torch.dtype | None = None,
-    ) -> "NF4Linear":
-        """Quantize a dense (out, in) weight (e.g. a merged one); compute dtype defaults to its dtype."""
-        out_features, in_features = weight.shape
-        module = cls(
-            in_features, out_features, bias=bias is not None, double_quant=double_quant,
-            blocksize=blocksize, compute_dtype=compute_dtype or weight.dtype, device=weight.device,
-        )
-        for name, tensor in quantize_nf4(weight, blocksize, double_quant).items():
-            getattr(module, name).copy_(tensor)
-        if bias is not None:
-            module.bias.data.copy_(bias.detach())
-        return module
+    def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        return quantize_nf4(weight, self.blocksize, self.double_quant)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, double_quant: bool = True, blocksize: int = 64) -> "NF4Linear":
-        """Quantize an `nn.Linear` (weight and bias)."""
-        return cls.from_weight(linear.weight, linear.bias, double_quant=double_quant, blocksize=blocksize)
-
-    @torch.no_grad()
-    def set_weight(self, weight: torch.Tensor) -> None:
-        """Re-quantize a new dense (out, in) weight in place (used by an in-place merge; lossy)."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"weight shape {tuple(weight.shape)} != {(self.out_features, self.in_features)}")
-        for name, tensor in quantize_nf4(weight.to(self.device), self.blocksize, self.double_quant).items():
-            getattr(self, name).copy_(tensor)
-
-    @property
-    def weight_dtype(self) -> torch.dtype:
-        """The dtype `dequantize()` returns and the matmul runs in (alias of `compute_dtype`)."""
-        return self.compute_dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.weight_packed.device
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (self.out_features, self.in_features)
+        return _NF4Matmul.apply(x, self.weight_packed, self.block_scales(), self.table, shape)
 
     def block_scales(self) -> torch.Tensor:
         """(n_blocks,) fp32 absmax per block (undoing the double quantization if used)."""
@@ -243,19 +190,6 @@ class NF4Linear(nn.Module):
             self.weight_packed, self.block_scales(), (self.out_features, self.in_features),
             self.table, self.compute_dtype,
         )
-
-    def nbytes(self) -> int:
-        """Bytes held by the quantized weight and all of its scales (bias excluded)."""
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "table")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (self.out_features, self.in_features)
-        y = _NF4Matmul.apply(
-            x.to(self.compute_dtype), self.weight_packed, self.block_scales(), self.table, shape
-        )
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
