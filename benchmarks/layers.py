@@ -9,6 +9,7 @@ logits (atol 1e-4), single-adapter and mixed-batch. Then, timings over interleav
 1. training step: forward + backward of the causal-LM loss (no optimizer), lorakit vs peft;
 2. mixed batch (forward, no grad): 8 adapters, one per group of rows, `lorakit.route` vs
    lorakit's single-adapter forward on the same batch, and vs peft's `adapter_names=` path;
+   then the same for greedy generation (16-token prompts, 16 new tokens: mostly decode steps);
 3. adapter I/O: loading one more adapter from disk into the adapted model (and deleting it),
    and switching the active adapter.
 
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=32, help="mixed-batch rows (spread evenly over the adapters)")
     p.add_argument("--mixed-seq", type=int, default=64, help="mixed-batch sequence length")
     p.add_argument("--full-logits", action="store_true", help="mixed batch: logits for every position")
+    p.add_argument("--gen-prompt", type=int, default=16, help="mixed-batch generation: prompt tokens per row")
+    p.add_argument("--gen-tokens", type=int, default=16, help="mixed-batch generation: new tokens per row")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     reps = args.reps or (3 if args.quick else 9)
@@ -227,6 +230,35 @@ def main(argv=None) -> int:
                                          "peft adapter_names": pf_mixed, "peft single": pf_single},
                                         reps, warmup))
 
+    # generation: the prompt is a prefill like the above, then every new token is a forward of one
+    # token per row (the decode path). Greedy, fixed length; the outputs of the paths agree.
+    gen_ids = mids[:, : args.gen_prompt]
+    gen_kw = dict(max_new_tokens=args.gen_tokens, min_new_tokens=args.gen_tokens, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        with lorakit.route(lk, row_names):
+            out_lk = lk.generate(gen_ids, **gen_kw)
+        out_pf = pf.generate(input_ids=gen_ids, adapter_names=row_names, **gen_kw)
+    same = torch.equal(out_lk, out_pf)
+    print(f"  sanity mixed-batch generate: lorakit and peft tokens {'equal' if same else 'DIFFER'}")
+    if not same:
+        raise SystemExit("mixed-batch generations differ; the comparison would not be fair")
+
+    def gen_routed():
+        with torch.no_grad(), lorakit.route(lk, row_names):
+            lk.generate(gen_ids, **gen_kw)
+
+    def gen_single():
+        with torch.no_grad():
+            lk.generate(gen_ids, **gen_kw)
+
+    def gen_peft():
+        with torch.no_grad():
+            pf.generate(input_ids=gen_ids, adapter_names=row_names, **gen_kw)
+
+    print(f"\n[2b] mixed-batch generation: {args.rows} rows, {args.gen_prompt}-token prompts, {args.gen_tokens} new tokens")
+    generation = report("generate", interleaved({"lorakit route": gen_routed, "lorakit single": gen_single,
+                                                 "peft adapter_names": gen_peft}, max(3, reps // 2), 1))
+
     # ---- 3. adapter load / switch --------------------------------------------------------------
     print(f"\n[3] adapter I/O: load one more adapter from disk into the adapted model ({1 + n_ad} adapters), "
           f"delete it; switch adapters")
@@ -284,6 +316,10 @@ def main(argv=None) -> int:
         row(mixed_label, "mixed", mixed, "lorakit route", "lorakit single", 1.05, "lorakit single"),
         row(mixed_label, "mixed", mixed, "lorakit route", "peft adapter_names", 1.0, "peft adapter_names"),
         row(f"single-adapter forward {args.rows}x{args.mixed_seq}", "mixed", mixed, "lorakit single", "peft single"),
+        row(f"mixed generate {args.rows} rows +{args.gen_tokens} tokens", "generate", generation, "lorakit route",
+            "lorakit single", reference="lorakit single"),
+        row(f"mixed generate {args.rows} rows +{args.gen_tokens} tokens", "generate", generation, "lorakit route",
+            "peft adapter_names", reference="peft adapter_names"),
         row("load adapter into adapted model", "load adapter", load, "lorakit", "peft"),
         row("delete adapter", "delete adapter", delete, "lorakit", "peft"),
         row("set_adapter", "set_adapter (per call)", switch_med, "lorakit", "peft"),

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import lorakit
+from lorakit import routing
 from helpers import MODEL_FACTORIES
 from helpers import logits, randomize_lora_b
 
@@ -44,8 +45,11 @@ def test_delete_adapter_restores_plain_modules(llama, input_ids):
     torch.testing.assert_close(logits(llama, input_ids), base)
 
 
+@pytest.mark.parametrize("path", ["gather", "every_adapter"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
-def test_route_rows_equal_each_row_alone(arch):
+def test_route_rows_equal_each_row_alone(arch, path, monkeypatch):
+    """Both ways of computing per-row updates: gathered factors, and every adapter then a mask."""
+    monkeypatch.setattr(routing, "DENSE_MAX", 0 if path == "gather" else 10**9)
     model = _three_adapters(arch)
     torch.manual_seed(3)
     ids = torch.randint(0, 128, (5, 9))

@@ -3,13 +3,16 @@
 `route(model, names)` runs batch row i through adapter names[i] (None = the base model) in one
 forward. Each wrapper keeps all its adapters' factors stacked (rank-padded with zeros, the scaling
 folded into B, slot 0 all zeros for the base), built on the first `route` and reused until an
-adapter changes (its tensors' version counters or storage). A forward then costs one gather and
-two batched matmuls per layer, whatever the number of adapters: there is no Python loop over adapters.
+adapter changes (its tensors' version counters or storage). There is no Python loop over adapters;
+a linear layer takes one of two ways, whatever the number of adapters:
+- long rows (prefill): gather each row's factors, two batched matmuls;
+- short rows (decode, one token per row): every adapter's update for every token in two plain
+  matmuls, masked to each row's own adapter, which reads each adapter once instead of once per row.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -105,11 +108,11 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
         if not any(n in w.adapters for n in used):
             w.__dict__["row_delta"] = _skip
             continue
-        names, a_stack, b_stack = _stacks(w)
-        if names not in rows:
-            slot = {name: i + 1 for i, name in enumerate(names)}
-            rows[names] = torch.tensor([slot.get(n, 0) for n in names_per_row], dtype=torch.long)
-        w.__dict__["row_delta"] = _RowDelta(w, a_stack, b_stack, rows[names])
+        stacks = _stacks(w)
+        if stacks.names not in rows:
+            slot = {name: i + 1 for i, name in enumerate(stacks.names)}
+            rows[stacks.names] = torch.tensor([slot.get(n, 0) for n in names_per_row], dtype=torch.long)
+        w.__dict__["row_delta"] = _RowDelta(w, stacks, rows[stacks.names])
     try:
         yield model
     finally:
@@ -122,13 +125,21 @@ def _skip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _stacks(wrapper: LoraWrapper) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
-    """(names, A stack (1 + n, in, r_max), B stack (1 + n, r_max, out)) of the wrapper's n plain LoRA
-    adapters, cached on the wrapper.
+class _Stacks(NamedTuple):
+    """A layer's plain LoRA adapters, stacked for routing (n adapters, slot 0 = the base)."""
 
-    Slot 0 is zeros (the base); slot i is adapter names[i - 1], Aᵀ and scaling · Bᵀ, zero-padded to
-    the largest rank. The cache key changes whenever an adapter is added, removed, replaced or
-    modified in place (tensor version counters), so a stale stack is never used.
+    names: tuple[str, ...]  # adapter of slot i is names[i - 1]
+    a: torch.Tensor  # (1 + n, in, r_max): Aᵀ per slot, zero-padded to the largest rank
+    b: torch.Tensor  # (1 + n, r_max, out): scaling · Bᵀ per slot
+    a_cat: torch.Tensor  # (in, n · r_max): the adapters' Aᵀ side by side (the "every adapter" path)
+    b_cat: torch.Tensor  # (n · r_max, out): a view of b[1:]
+
+
+def _stacks(wrapper: LoraWrapper) -> _Stacks:
+    """The wrapper's plain LoRA adapters stacked (see `_Stacks`), cached on the wrapper.
+
+    The cache key changes whenever an adapter is added, removed, replaced or modified in place
+    (tensor version counters), so a stale stack is never used.
     """
     plain = [(n, a) for n, a in wrapper.adapters.items() if type(a) is LoraAdapter and a.dora is None]
     key = tuple((n, id(a), a.scaling, t.data_ptr(), t._version) for n, a in plain for t in (a.lora_A, a.lora_B))
@@ -137,26 +148,46 @@ def _stacks(wrapper: LoraWrapper) -> tuple[tuple[str, ...], torch.Tensor, torch.
         return hit[1]
     like = plain[0][1].lora_A
     r_max = max(a.r for _, a in plain)
-    a_stack = torch.zeros(len(plain) + 1, wrapper.in_features, r_max, dtype=like.dtype, device=like.device)
-    b_stack = torch.zeros(len(plain) + 1, r_max, wrapper.out_features, dtype=like.dtype, device=like.device)
+    n_in, n_out = wrapper.in_features, wrapper.out_features
+    a_stack = torch.zeros(len(plain) + 1, n_in, r_max, dtype=like.dtype, device=like.device)
+    b_stack = torch.zeros(len(plain) + 1, r_max, n_out, dtype=like.dtype, device=like.device)
     with torch.no_grad():
         for i, (_, a) in enumerate(plain, start=1):
             a_stack[i, :, : a.r] = a.lora_A.T
             b_stack[i, : a.r, :] = a.lora_B.T * a.scaling
-    stacks = (tuple(n for n, _ in plain), a_stack, b_stack)
+    a_cat = a_stack[1:].permute(1, 0, 2).reshape(n_in, -1).contiguous()
+    stacks = _Stacks(tuple(n for n, _ in plain), a_stack, b_stack, a_cat, b_stack[1:].reshape(-1, n_out))
     wrapper.__dict__["route_stacks"] = (key, stacks)
     return stacks
+
+
+DENSE_MAX = 16
+"""Up to this many (tokens per row × adapters on the layer), a linear layer computes every adapter's
+update for every token and keeps each row's own (a mask), instead of gathering per-row factors:
+at decode time (one token per row) that reads each adapter once, where the gather copies one
+adapter per row. Longer rows (prefill) use the gather and batched matmul."""
 
 
 class _RowDelta:
     """Per-row adapter update for one wrapper: `(x, y) -> y + delta`, x (b, ..., in), y (b, ..., out)."""
 
-    def __init__(self, wrapper: LoraWrapper, a_stack: torch.Tensor, b_stack: torch.Tensor, rows: torch.Tensor):
-        self.a_stack, self.b_stack = a_stack, b_stack
+    def __init__(self, wrapper: LoraWrapper, stacks: _Stacks, rows: torch.Tensor):
+        self.stacks = stacks
         self.embedding = isinstance(wrapper, LoraEmbedding)
         self.n_in = wrapper.in_features
-        self.rows = rows.to(self.a_stack.device)
-        self.a_flat = self.a_stack.view(-1, self.a_stack.shape[-1])  # embeddings: row (slot * n_in + id) is A[:, id]
+        self.rows = rows.to(stacks.a.device)
+        self.a_flat = stacks.a.view(-1, stacks.a.shape[-1])  # embeddings: row (slot * n_in + id) is A[:, id]
+        self.masks: dict[int, torch.Tensor] = {}
+
+    def _mask(self, rows: torch.Tensor) -> torch.Tensor:
+        """(b, n · r_max): 1 on the columns of each row's adapter in `a_cat`, 0 elsewhere (all 0: the base)."""
+        mask = self.masks.get(rows.numel())
+        if mask is None:
+            n, r = self.stacks.a.shape[0] - 1, self.stacks.a.shape[-1]
+            slot_of_column = torch.arange(1, n + 1, device=rows.device).repeat_interleave(r)
+            mask = (slot_of_column[None, :] == rows[:, None]).to(self.stacks.a.dtype)
+            self.masks[rows.numel()] = mask
+        return mask
 
     def _rows_for(self, batch: int) -> torch.Tensor:
         n = self.rows.numel()
@@ -168,14 +199,21 @@ class _RowDelta:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rows = self._rows_for(x.shape[0])
-        b = x.shape[0]
-        # index_select on the contiguous stacks: a plain row copy, much cheaper than advanced indexing.
+        st, b = self.stacks, x.shape[0]
         if self.embedding:
             idx = rows.view(-1, *([1] * (x.dim() - 1))) * self.n_in + x
             h = self.a_flat.index_select(0, idx.reshape(-1)).view(b, -1, self.a_flat.shape[-1])
+            b_rows = st.b.index_select(0, rows)
+        elif (x.numel() // (b * self.n_in)) * (st.a.shape[0] - 1) <= DENSE_MAX:
+            h = (x.reshape(-1, self.n_in).to(st.a_cat.dtype) @ st.a_cat).view(b, -1, st.a_cat.shape[1])
+            h = (h * self._mask(rows)[:, None, :]).view(-1, st.a_cat.shape[1])
+            if y.dtype == h.dtype:
+                return torch.addmm(y.reshape(-1, y.shape[-1]), h, st.b_cat).view(y.shape)
+            return y + (h @ st.b_cat).view(y.shape).to(y.dtype)
         else:
-            h = torch.bmm(x.reshape(b, -1, x.shape[-1]).to(self.a_stack.dtype), self.a_stack.index_select(0, rows))
-        b_rows = self.b_stack.index_select(0, rows)
+            # index_select on the contiguous stacks: a plain row copy, much cheaper than advanced indexing.
+            h = torch.bmm(x.reshape(b, -1, x.shape[-1]).to(st.a.dtype), st.a.index_select(0, rows))
+            b_rows = st.b.index_select(0, rows)
         if y.dtype == h.dtype:  # the add fused into the second matmul
             return torch.baddbmm(y.reshape(b, -1, y.shape[-1]), h, b_rows).view(y.shape)
         return y + torch.bmm(h, b_rows).view(y.shape).to(y.dtype)
