@@ -88,7 +88,7 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
 
     Works under `model.generate` (rows expanded by num_return_sequences are followed). Inference
     only: adapter dropout is not applied and no gradient reaches the adapters. The stacked factors
-    stay cached on the layers after the block (one more copy of the plain LoRA adapters, what a
+    stay cached on the layers after the block (about 1.5 more copies of the plain LoRA adapters, what a
     server wants); `delete_adapter` drops them.
     """
     for name in set(names_per_row):
