@@ -19,6 +19,16 @@ def logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def peft_from_pretrained(base, path):
+    """`peft.PeftModel.from_pretrained(base, path)` in eval mode, peft's version warnings silenced."""
+    import warnings
+
+    import peft
+
+    with warnings.catch_warnings(action="ignore"):
+        return peft.PeftModel.from_pretrained(base, path).eval()
+
+
 def tiny_llama(**overrides):
     """A 2-layer Llama (hidden 32 unless `overrides` say otherwise), seeded."""
     from transformers import LlamaConfig, LlamaForCausalLM

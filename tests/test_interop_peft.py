@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lorakit
-from helpers import MODEL_FACTORIES
+from helpers import MODEL_FACTORIES, peft_from_pretrained
 from helpers import logits, randomize_lora_b
 
 peft = pytest.importorskip("peft")
@@ -33,9 +33,7 @@ def test_lorakit_adapter_loads_in_peft(arch, tmp_path, input_ids):
         with torch.no_grad():
             model.classifier.copies["default"].weight.mul_(-2)
     lorakit.save_adapter(model, tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(MODEL_FACTORIES[arch](), tmp_path).eval()
+    theirs = peft_from_pretrained(MODEL_FACTORIES[arch](), tmp_path)
     torch.testing.assert_close(logits(theirs, input_ids), logits(model, input_ids), atol=1e-5, rtol=1e-5)
 
 
@@ -69,7 +67,5 @@ def test_lorakit_bias_all_adapter_loads_in_peft(tmp_path, input_ids):
             if name.endswith("bias"):
                 p.add_(0.3)
     lorakit.save_adapter(model, tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(MODEL_FACTORIES["gpt2"](), tmp_path).eval()
+    theirs = peft_from_pretrained(MODEL_FACTORIES["gpt2"](), tmp_path)
     torch.testing.assert_close(logits(theirs, input_ids), logits(model, input_ids), atol=1e-5, rtol=1e-5)

@@ -242,7 +242,7 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] 
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         overridden = [o.partition("=")[0].strip() for o in overrides]
         line = lines.get(key) or next((v for k, v in lines.items() if key.startswith(k + ".")), None)
         if any(key == k or key.startswith(k + ".") for k in overridden):
@@ -250,7 +250,7 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] 
         else:
             where = f"{path}:{line}" if path and line else (path or "config")
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{msg}{more}") from None  # (no key: a whole-config check)
 
 
 def _yaml_lines(node, prefix: str = "") -> dict[str, int]:

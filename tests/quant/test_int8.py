@@ -75,3 +75,10 @@ def test_cuda_matches_cpu():
     assert torch.equal(cuda.weight_int8.cpu(), cpu.weight_int8)
     x = torch.randn(4, 576)
     torch.testing.assert_close(cuda(x.cuda()).cpu(), cpu(x), atol=1e-4, rtol=1e-4)
+
+
+def test_other_formats_options_are_ignored_and_typos_rejected():
+    weight = torch.randn(8, 16)
+    Int8Linear.from_weight(weight, blocksize=64, double_quant=False)  # NF4's options: ignored
+    with pytest.raises(TypeError, match="blocksiz"):
+        Int8Linear.from_weight(weight, blocksiz=64)

@@ -1,6 +1,5 @@
 """LoRA+ parameter groups: B faster than A, embedding A at its own lr, decay on matrices only."""
 import pytest
-import torch
 
 import lorakit
 from helpers import tiny_bert, tiny_llama

@@ -101,8 +101,9 @@ def test_each_adapter_method_uses_its_own_section():
 
 
 def test_pissa_with_dora_is_rejected_before_training():
-    with pytest.raises(ConfigError, match="PiSSA with use_dora"):
+    with pytest.raises(ConfigError, match="PiSSA with use_dora") as e:
         _load("lora.init_lora_weights=pissa", "lora.use_dora=true")
+    assert str(e.value).startswith("config: lora.init_lora_weights: PiSSA")  # no empty key, no pydantic prefix
 
 
 def test_resolved_config_round_trips_through_yaml():

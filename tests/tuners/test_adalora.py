@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lorakit
-from helpers import MODEL_FACTORIES, logits, tiny_gpt2, tiny_llama
+from helpers import MODEL_FACTORIES, logits, peft_from_pretrained, tiny_llama
 from lorakit.config import ConfigError, load_config
 from lorakit.inject import adapter_configs
 from lorakit.tuners.adalora import STATE_FILE, AdaLoraAdapter, RankAllocator, find_adapters, training_hooks
@@ -152,9 +152,7 @@ def test_lorakit_adalora_loads_in_peft(arch, pruned, tmp_path, input_ids):
     lorakit.save_adapter(model, tmp_path)
     pattern = json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"]
     assert (pattern is not None) == pruned
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(MODEL_FACTORIES[arch](), tmp_path).eval()
+    theirs = peft_from_pretrained(MODEL_FACTORIES[arch](), tmp_path)
     torch.testing.assert_close(logits(theirs, input_ids), logits(model, input_ids), atol=1e-5, rtol=1e-5)
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import lorakit
-from helpers import MODEL_FACTORIES, tiny_gpt2, tiny_llama
+from helpers import MODEL_FACTORIES, peft_from_pretrained, tiny_gpt2, tiny_llama
 from helpers import logits, randomize_lora_b
 from lorakit.tuners.dora import DoraMagnitude
 from lorakit.tuners.lora import LoraAdapter, LoraEmbedding, LoraLinear, lora_wrappers
@@ -164,9 +164,7 @@ def test_lorakit_dora_loads_in_peft(arch, tmp_path, input_ids):
     lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=True))
     _perturb(model)
     lorakit.save_adapter(model, tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(MODEL_FACTORIES[arch](), tmp_path).eval()
+    theirs = peft_from_pretrained(MODEL_FACTORIES[arch](), tmp_path)
     torch.testing.assert_close(logits(theirs, input_ids), logits(model, input_ids), atol=1e-5, rtol=1e-5)
 
 

@@ -1,13 +1,12 @@
 """PiSSA: principal-factor init keeps outputs, and converts to a plain LoRA for the original base."""
 import copy
 import json
-import warnings
 
 import pytest
 import torch
 
 import lorakit
-from helpers import MODEL_FACTORIES, tiny_llama
+from helpers import MODEL_FACTORIES, peft_from_pretrained, tiny_llama
 from helpers import logits
 from lorakit.tuners.lora import lora_wrappers
 
@@ -85,9 +84,7 @@ def test_converted_adapter_applies_to_original_base_in_lorakit_and_peft(arch, tm
     ours = copy.deepcopy(original)
     lorakit.load_adapter(ours, tmp_path / "lora")
     torch.testing.assert_close(logits(ours, input_ids), expected, atol=1e-5, rtol=1e-5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(original), tmp_path / "lora").eval()
+    theirs = peft_from_pretrained(copy.deepcopy(original), tmp_path / "lora")
     torch.testing.assert_close(logits(theirs, input_ids), expected, atol=1e-5, rtol=1e-5)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lorakit
-from helpers import MODEL_FACTORIES, tiny_gpt2, tiny_llama
+from helpers import MODEL_FACTORIES, peft_from_pretrained, tiny_gpt2, tiny_llama
 from helpers import logits
 from lorakit.tuners.lora import lora_wrappers
 from lorakit.tuners.vera import VeraAdapter
@@ -93,9 +93,7 @@ def test_lorakit_vera_loads_in_peft(arch, save_projection, tmp_path, input_ids):
     model = _vera(arch, save_projection=save_projection, projection_prng_key=3)
     _randomize(model)
     lorakit.save_adapter(model, tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(MODEL_FACTORIES[arch](), tmp_path).eval()
+    theirs = peft_from_pretrained(MODEL_FACTORIES[arch](), tmp_path)
     torch.testing.assert_close(logits(theirs, input_ids), logits(model, input_ids), atol=1e-5, rtol=1e-5)
 
 

@@ -47,9 +47,13 @@ class QuantizedLinear(nn.Module):
                     compute_dtype: torch.dtype | None = None, **options) -> "QuantizedLinear":
         """Quantize a dense (out, in) weight (e.g. a merged one); the compute dtype defaults to its dtype.
 
-        `options` go to the format's constructor; those it does not take (NF4's `blocksize` for
-        int8) are ignored, so one call site serves every format.
+        `options` go to the format's constructor; those only another format takes (NF4's
+        `blocksize` for int8) are ignored, so one call site serves every format; others are an error.
         """
+        known = {o for fmt in QuantizedLinear.__subclasses__() for o in fmt.OPTIONS}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_weight: unknown option(s) {unknown}; formats take {sorted(known)}")
         out_features, in_features = weight.shape
         module = cls(in_features, out_features, bias=bias is not None, compute_dtype=compute_dtype or weight.dtype,
                      device=weight.device, **{k: v for k, v in options.items() if k in cls.OPTIONS})
