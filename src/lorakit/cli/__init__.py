@@ -1,0 +1,69 @@
+"""The `lorakit` command: each subcommand parses its arguments and calls one function.
+
+Subcommands live in modules of this package, one per group (`train.py`: train, quickstart,
+inspect; `use.py`: eval, generate, chat; `merge.py`: merge; ...); each has `register(sub,
+parent)`. A new command is a module here and one entry in `COMMAND_MODULES`.
+
+Errors a user can fix (bad config, bad data, missing model, bad adapter) print one line and exit
+with code 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional
+
+from ..errors import InputError
+from .common import EXIT_USAGE
+
+COMMAND_MODULES = ("train", "use", "merge")
+"""Modules of this package that register subcommands, in `--help` order."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning, offline and CPU-first.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    debug = argparse.ArgumentParser(add_help=False)  # `lorakit train x.yaml --debug` works too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub, debug)
+    return parser
+
+
+def _quiet_transformers() -> None:
+    """Hide transformers' load reports and weight-loading bars (expected: a new classifier head)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "fix your input", reported in one line."""
+    from ..train.loop import TrainingError
+
+    # ConfigError, DataError, AdapterFormatError... are InputErrors; ModelNotFoundError is a FileNotFoundError.
+    return InputError, TrainingError, FileNotFoundError, NotADirectoryError, PermissionError
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        _quiet_transformers()
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"lorakit {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""What the subcommand modules share: exit code, argument types, model/generation options."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import get_args, get_origin
+
+from pydantic import BaseModel
+
+from ..errors import InputError
+
+EXIT_USAGE = 2
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def schema_help(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per config key: dotted name, default, description (the `--help` of train/quickstart)."""
+    lines = []
+    for name, field in schema.model_fields.items():
+        kind = field.annotation
+        nested = next((a for a in (kind, *get_args(kind)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nested is not None and get_origin(kind) is None:
+            lines.append(f"  {prefix}{name}:")
+            lines += schema_help(nested, f"{prefix}{name}.")
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        lines.append(f"    {prefix}{name} = {default}" + (f"  — {field.description}" if field.description else ""))
+    return lines
+
+
+def config_epilog() -> str:
+    from ..train.config import RunConfig
+
+    return ("config keys (set in the YAML file or as dotted.key=value overrides):\n"
+            + "\n".join(schema_help(RunConfig)))
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    """--adapter DIR | --model NAME, and --base (the base of --adapter)."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", help="adapter directory (its base comes from adapter_config.json)")
+    which.add_argument("--model", help="model: a merged model dir, a local HF dir, a .gguf file or an embedded name")
+    p.add_argument("--base", help="base model for --adapter, overriding base_model_name_or_path")
+
+
+def gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--system", help="system prompt")
+
+
+def load_trained_from_args(args):
+    """The model of `--adapter DIR` (a directory holding adapter_config.json) or `--model NAME`."""
+    from ..inference import load_trained
+    from ..io import CONFIG_NAME, AdapterFormatError
+
+    if args.adapter is None:
+        if args.base:
+            raise InputError("--base goes with --adapter; --model is loaded as it is")
+        return load_trained(args.model)
+    if not (Path(args.adapter).expanduser() / CONFIG_NAME).is_file():
+        raise AdapterFormatError(f"--adapter {args.adapter}: not an adapter directory (no {CONFIG_NAME})")
+    return load_trained(args.adapter, base=args.base)

@@ -1,0 +1,76 @@
+"""`lorakit train`, `quickstart` and `inspect`: runs from a config."""
+from __future__ import annotations
+
+from .common import RAW, config_epilog
+
+
+def cmd_train(args) -> int:
+    from ..config import load_config
+    from ..train.config import RunConfig
+    from ..train.loop import train
+
+    config = load_config(RunConfig, args.config, args.overrides)
+    result = train(config, resume=args.resume)
+    ev = result.final_eval
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in (ev.metrics() if ev else {}).items())
+    print(f"done: {result.steps} steps in {result.seconds:.0f}s; {metrics}")
+    print(f"saved: {result.adapter_dir}  (metrics.jsonl, loss_curve.png and config.yaml in {result.output_dir})")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from ..train.quickstart import run_quickstart
+
+    run_quickstart(args.overrides)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from ..analysis import describe_adapted, describe_model
+    from ..config import load_config
+    from ..models import load_causal_lm, load_classifier
+    from ..train.config import RunConfig
+    from ..train.prepare import attach_method
+
+    overrides, name = list(args.overrides), args.model
+    if name and "=" in name:  # `lorakit inspect lora.r=8`: no model given, only overrides
+        overrides, name = [name, *overrides], None
+    run = load_config(RunConfig, args.config, overrides, base=None if args.config else {"data": {"train": "-"}})
+    name = name or run.model.name
+    model, _ = load_classifier(name) if run.task == "classification" else load_causal_lm(name)
+    print(describe_model(model))
+    names = attach_method(model, run)
+    adapter = run.adapter
+    rank = getattr(adapter, "init_r", None) or adapter.r
+    targets = "the preset targets" if adapter.target_modules is None else repr(adapter.target_modules)
+    what = "full fine-tuning" if run.method == "full" else f"{run.method} r={rank} on {targets}"
+    print(describe_adapted(model, names, what))
+    return 0
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("train", parents=[parent], help="fine-tune from a YAML config", epilog=config_epilog(),
+                       formatter_class=RAW,
+                       description="Fine-tune as CONFIG says; dotted.key=value arguments override the file.")
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 lora.r=8")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quickstart", parents=[parent],
+                       help="evaluate, fine-tune and re-evaluate SmolLM2 on the bundled task",
+                       epilog=config_epilog(), formatter_class=RAW,
+                       description="The bundled demo run (configs/quickstart.yaml); dotted.key=value overrides apply.")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("inspect", parents=[parent],
+                       help="a model's adaptable modules, suggested targets, trainable-param count",
+                       epilog="examples:\n  lorakit inspect\n  lorakit inspect --config configs/quickstart.yaml\n"
+                              "  lorakit inspect path/to/model lora.r=8 'lora.target_modules=[q_proj,v_proj]'\n"
+                              "  lorakit inspect all-minilm-l6-v2 task=classification",
+                       formatter_class=RAW)
+    p.add_argument("model", nargs="?", help="model (default: the config's model, else SmolLM2-135M)")
+    p.add_argument("--config", help="run config whose model and adapter to count")
+    p.add_argument("overrides", nargs="*", metavar="lora.key=value")
+    p.set_defaults(func=cmd_inspect)
