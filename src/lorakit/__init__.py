@@ -7,7 +7,7 @@
 from .config import AdaLoraConfig, LoraConfig, VeraConfig
 from .inject import describe_trainable, inject, preset_targets, trainable_parameters
 from .io import AdapterFormatError, load_adapter, read_config, save_adapter
-from .merge import merge, merge_and_unload, unload, unmerge
+from .merge import combine_adapters, extract_lora, merge, merge_and_unload, merge_models, unload, unmerge
 from .quant import quantize
 from .routing import active_adapter, delete_adapter, disable_adapters, list_adapters, route, set_adapter
 from .train.optim import build_optimizer, loraplus_optimizer
@@ -19,5 +19,5 @@ __all__ = [
     "set_adapter", "disable_adapters",
     "delete_adapter", "list_adapters", "active_adapter", "route", "merge", "unmerge", "merge_and_unload",
     "unload", "trainable_parameters", "describe_trainable", "preset_targets", "AdapterFormatError",
-    "loraplus_optimizer", "build_optimizer", "quantize",
+    "loraplus_optimizer", "build_optimizer", "quantize", "combine_adapters", "merge_models", "extract_lora",
 ]

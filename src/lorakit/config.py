@@ -244,13 +244,28 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] 
         key = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         overridden = [o.partition("=")[0].strip() for o in overrides]
-        line = lines.get(key) or next((v for k, v in lines.items() if key.startswith(k + ".")), None)
+        line = key_line(lines, key)
         if any(key == k or key.startswith(k + ".") for k in overridden):
             where = "override"
         else:
             where = f"{path}:{line}" if path and line else (path or "config")
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ConfigError(f"{where}: {key + ': ' if key else ''}{msg}{more}") from None  # (no key: a whole-config check)
+
+
+def key_line(lines: dict[str, int], key: str) -> int | None:
+    """The line of dotted `key` in a YAML file (`lines` from `yaml_lines`), else of its nearest parent."""
+    if key in lines:
+        return lines[key]
+    parents = [k for k in lines if key.startswith(k + ".")]
+    return lines[max(parents, key=len)] if parents else None
+
+
+def yaml_lines(text: str) -> dict[str, int]:
+    """Dotted key (list items by index: `models.0.model`) → 1-based line, for a YAML document."""
+    import yaml
+
+    return _yaml_lines(yaml.compose(text))
 
 
 def _yaml_lines(node, prefix: str = "") -> dict[str, int]:
@@ -262,6 +277,10 @@ def _yaml_lines(node, prefix: str = "") -> dict[str, int]:
             key = f"{prefix}{k.value}"
             out[key] = k.start_mark.line + 1
             out.update(_yaml_lines(v, key + "."))
+    elif isinstance(node, yaml.SequenceNode):  # list items: models.0.model
+        for i, v in enumerate(node.value):
+            out[f"{prefix}{i}"] = v.start_mark.line + 1
+            out.update(_yaml_lines(v, f"{prefix}{i}."))
     return out
 
 

@@ -9,13 +9,11 @@ quantized module, so the process never holds the full-precision model: peak memo
 quantized model, the unquantized rest (embeddings, norms, the head), and one weight matrix. The
 result is exactly `quantize(<the model loaded in full precision>)`, bit for bit.
 
-Tensors are read with plain file reads (never a memory map), so pages of the checkpoint file do
-not count towards — or stay in — the process's resident memory.
+Tensors are read one at a time by `lorakit.io.shards` (plain file reads, never a memory map), so
+pages of the checkpoint file do not count towards — or stay in — the process's resident memory.
 """
 from __future__ import annotations
 
-import json
-import struct
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -23,19 +21,10 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from ..io.shards import CheckpointMismatch, SafetensorsReader, checkpoint_files
 from . import quantizable_linears, quantized_linear_class
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_FILE = "model.safetensors"
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint's tensor names do not match the model's state dict (e.g. renamed keys)."""
+__all__ = ["CheckpointMismatch", "SafetensorsReader", "checkpoint_files", "load_quantized", "parameters_on_meta"]
 
 
 @contextmanager
@@ -57,46 +46,6 @@ def parameters_on_meta() -> Iterator[None]:
         yield
     finally:
         nn.Module.register_parameter = register
-
-
-def checkpoint_files(directory: str | Path) -> list[Path]:
-    """The safetensors files of a HF model directory (one file or an index of shards); [] if none."""
-    directory = Path(directory)
-    index = directory / SAFETENSORS_INDEX
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / s for s in shards]
-    single = directory / SAFETENSORS_FILE
-    return [single] if single.is_file() else []
-
-
-class SafetensorsReader:
-    """Random access to the tensors of one safetensors file by plain reads (no mmap)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        with open(self.path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        header.pop("__metadata__", None)
-        self.entries: dict[str, dict] = header
-        self._data_start = 8 + length
-
-    def keys(self) -> list[str]:
-        return list(self.entries)
-
-    def read(self, key: str) -> torch.Tensor:
-        """The tensor `key` as a fresh CPU tensor of its stored dtype and shape."""
-        entry = self.entries[key]
-        if entry["dtype"] not in _DTYPES:
-            raise CheckpointMismatch(f"{self.path}: {key}: unsupported dtype {entry['dtype']}")
-        begin, end = entry["data_offsets"]
-        out = torch.empty(end - begin, dtype=torch.uint8)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self._data_start + begin)
-            if f.readinto(memoryview(out.numpy())) != end - begin:
-                raise CheckpointMismatch(f"{self.path}: {key}: file is truncated")
-        return out.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
 
 
 def load_quantized(

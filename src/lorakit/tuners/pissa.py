@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .dora import _like_base, base_weight_out_in
+from .svd import split_factors, top_singular
 
 PISSA_INIT = re.compile(r"pissa(?:_niter_(\d+))?")
 
@@ -47,16 +48,8 @@ def pissa_init(wrapper: nn.Module, adapter: nn.Module, niter: Optional[int] = No
     w = base_weight_out_in(wrapper)
     if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"PiSSA needs a float32/float16/bfloat16 base weight, got {w.dtype}")
-    w32, r, s = w.float(), adapter.r, adapter.scaling
-    if niter is None:
-        u, sv, vh = torch.linalg.svd(w32, full_matrices=False)
-        u, sv, vh = u[:, :r], sv[:r], vh[:r]
-    else:
-        u, sv, v = torch.svd_lowrank(w32, q=r, niter=niter)
-        vh = v.T
-    root = (sv / s).sqrt()
-    a = root[:, None] * vh  # (r, in)
-    b = u * root[None, :]  # (out, r)
+    w32 = w.float()
+    a, b = split_factors(*top_singular(w32, adapter.r, niter), scaling=adapter.scaling)  # (r, in), (out, r)
     adapter.lora_A.copy_(a.to(adapter.lora_A.dtype))
     adapter.lora_B.copy_(b.to(adapter.lora_B.dtype))
     residual = w32 - adapter.delta_weight(torch.float32)

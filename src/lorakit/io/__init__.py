@@ -25,13 +25,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import CONFIG_TYPES, LoraConfig
-from .inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
-from .quant import quant_spec
-from .routing import delete_adapter, set_adapter
-from .tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
-from .tuners.vera import shared_projection
-from .errors import InputError
+from ..config import CONFIG_TYPES, LoraConfig
+from ..inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
+from ..quant import quant_spec
+from ..routing import delete_adapter, set_adapter
+from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
+from ..tuners.vera import shared_projection
+from ..errors import InputError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -86,25 +86,32 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     file written is then a rank-2r plain LoRA for the original (not the residual) base weights.
     See `lorakit.tuners.pissa` for which to use when.
     """
-    from safetensors.torch import save_file
-
     if adapter_name not in adapter_configs(model):
         raise KeyError(f"no adapter named {adapter_name!r}; adapters on this model: {list(adapter_configs(model))}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: t.detach().cpu().contiguous() for k, t in adapter_tensors(model, adapter_name).items()}
+    tensors = adapter_tensors(model, adapter_name)
     config = resolved_config(model, adapter_name, base_model_name_or_path)
     if convert_pissa_to_lora is not None:
         tensors, config = _pissa_as_lora(tensors, config, convert_pissa_to_lora)
-    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
-    text = json.dumps(config.to_peft_dict(), indent=2, sort_keys=True)
-    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
+    path = write_adapter(path, tensors, config)
     spec = quant_spec(model)
     if spec is not None:
         spec_text = json.dumps(spec, indent=2, sort_keys=True)
         _atomic_write(path / BASE_QUANTIZATION_NAME, lambda f: Path(f).write_text(spec_text))
     elif (path / BASE_QUANTIZATION_NAME).exists():
         (path / BASE_QUANTIZATION_NAME).unlink()
+    return path
+
+
+def write_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config) -> Path:
+    """Write on-disk key → tensor and the adapter's config to directory `path`, each file atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
+    text = json.dumps(config.to_peft_dict(), indent=2, sort_keys=True)
+    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
     return path
 
 
@@ -124,7 +131,7 @@ def read_base_quantization(path: str | os.PathLike) -> Optional[dict]:
 
 
 def _pissa_as_lora(tensors: dict, config: LoraConfig, initial_dir) -> tuple[dict, LoraConfig]:
-    from .tuners.pissa import converted_tensors, doubled_alpha, pissa_niter
+    from ..tuners.pissa import converted_tensors, doubled_alpha, pissa_niter
 
     if pissa_niter(config.init_lora_weights) is False:
         raise ValueError(f"convert_pissa_to_lora: adapter was initialised with {config.init_lora_weights!r}, not PiSSA")
@@ -295,4 +302,5 @@ def _first_error(e: ValueError) -> str:
     return str(e)
 
 
-__all__ = ["save_adapter", "load_adapter", "read_config", "read_weights", "read_base_quantization", "AdapterFormatError"]
+__all__ = ["save_adapter", "load_adapter", "read_config", "read_weights", "write_adapter", "read_base_quantization",
+           "AdapterFormatError"]
