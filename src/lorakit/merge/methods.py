@@ -90,10 +90,8 @@ def sign_agreement(stacked: torch.Tensor, method: Literal["total", "frequency"] 
     'total': the sign of the sum (mergekit's 'sum'); 'frequency': the sign held by more entries
     (mergekit's 'count'); ties go to +. Zero entries never agree.
     """
-    sign = stacked.sign()
-    votes = stacked.sum(dim=0) if method == "total" else sign.sum(dim=0)
-    majority = torch.where(votes >= 0, 1.0, -1.0).to(sign.dtype)
-    return sign == majority
+    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)
+    return torch.where(votes >= 0, stacked > 0, stacked < 0)
 
 
 def combine_deltas(deltas: torch.Tensor, weights: torch.Tensor, *, prune: Optional[Prune] = None,
@@ -104,23 +102,28 @@ def combine_deltas(deltas: torch.Tensor, weights: torch.Tensor, *, prune: Option
     elect_on: 'weighted' (mergekit) or 'unweighted' (peft) deltas vote on the sign.
     divide: 'weights' — by Σ w_i over the kept entries (mergekit's normalize), 'count' — by the
     number of kept entries (peft's disjoint merge), None — a plain sum. `scale`: mergekit's lambda.
+    `deltas` is overwritten (pass a fresh stack): whole-model merges run this on tensors of
+    hundreds of MB, so nothing of that size is allocated beyond a few temporaries.
     """
     if prune is not None:
-        deltas = torch.stack([prune(d) for d in deltas])
-    w = weights.to(deltas.dtype).view(-1, *([1] * (deltas.dim() - 1)))
-    weighted = deltas * w
-    if consensus is None:
+        for i in range(len(deltas)):
+            deltas[i] = prune(deltas[i])
+    w = weights.to(deltas.dtype)
+    agree = sign_agreement(deltas, consensus) if consensus is not None and elect_on == "unweighted" else None
+    weighted = deltas.mul_(w.view(-1, *([1] * (deltas.dim() - 1))))
+    if consensus is not None and agree is None:
+        agree = sign_agreement(weighted, consensus)
+    if agree is None:
         mixed = weighted.sum(dim=0)
         if divide == "weights":
-            total = weights.sum()
+            total = w.sum()
             mixed = mixed / (total if total.abs() >= 1e-8 else 1)
         elif divide == "count":
-            mixed = mixed / len(weights)
+            mixed = mixed / len(w)
     else:
-        agree = sign_agreement(weighted if elect_on == "weighted" else deltas, consensus)
-        mixed = (weighted * agree).sum(dim=0)
+        mixed = weighted.mul_(agree).sum(dim=0)
         if divide == "weights":
-            divisor = (w * agree).sum(dim=0)
+            divisor = sum(wi * a for wi, a in zip(w.tolist(), agree))
             mixed = mixed / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
         elif divide == "count":
             mixed = mixed / agree.sum(dim=0).clamp(min=1)
@@ -172,8 +175,8 @@ class Param:
 class Method:
     """A whole-model merge method.
 
-    `run(base, others, params, generator)`: base (*shape) or None, others (n, *shape) stacked,
-    params {name: value} with per-model values as lists aligned with `others`.
+    `run(base, others, params, generator)`: base (*shape) or None, others (n, *shape) stacked (and
+    overwritten), params {name: value} with per-model values as lists aligned with `others`.
     """
 
     run: Callable[..., torch.Tensor]
@@ -199,22 +202,20 @@ def _task_method(prune: Optional[str], consensus: bool, rescale_default: bool, n
     """mergekit's generalized task arithmetic: θ_base + λ · combine(prune(θ_i − θ_base))."""
 
     def run(base, others, params, generator):
-        deltas = others - base
+        deltas = others.sub_(base)
         rescale = params["rescale"]
-        pruned = []
-        for i, delta in enumerate(deltas):
+        for i in range(len(deltas)):
             density = params["density"][i]
             if prune == "magnitude":
-                delta = prune_magnitude(delta, density, keep_one=True, rescale=rescale)
+                deltas[i] = prune_magnitude(deltas[i], density, keep_one=True, rescale=rescale)
             elif prune == "random":
-                delta = prune_random(delta, density, "l1" if rescale else None, generator)
+                deltas[i] = prune_random(deltas[i], density, "l1" if rescale else None, generator)
             elif prune == "outliers":
-                delta = prune_outliers(delta, density, params["gamma"][i], rescale)
-            pruned.append(delta)
-        mixed = combine_deltas(torch.stack(pruned), torch.tensor(params["weight"], dtype=base.dtype),
+                deltas[i] = prune_outliers(deltas[i], density, params["gamma"][i], rescale)
+        mixed = combine_deltas(deltas, torch.tensor(params["weight"], dtype=base.dtype),
                                consensus="total" if consensus else None, elect_on="weighted",
                                divide="weights" if params["normalize"] else None, scale=params["lambda"])
-        return base + mixed
+        return mixed.add_(base)
 
     shared = (Param("weight", float, True), Param("density", float, True, 1.0),
               Param("normalize", bool, False, normalize_default), Param("rescale", bool, False, rescale_default),

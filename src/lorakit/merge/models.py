@@ -29,9 +29,9 @@ import torch
 from ..errors import InputError
 from ..inject import LAYER_LIST_NAMES
 from ..io.shards import ShardWriter, check_output_directory, staged_directory
-from ..models import DTYPES
-from .recipe import Recipe, RecipeError, load_recipe, resolve
-from .sources import ModelSource, open_source
+from ..models import DTYPES, ModelNotFoundError, local_dir
+from .recipe import Recipe, SliceSource, load_recipe, resolve
+from .sources import ModelSource, open_source, split_reference
 
 _LAYER = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYER_LIST_NAMES)})\.(\d+)(?=\.|$)")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -75,6 +75,7 @@ def merge_models(recipe: str | Path | Recipe, out_dir: str | Path, overwrite: bo
     with contextlib.ExitStack() as scratch:
         sources = _open_all(recipe, scratch)
         tasks, layers, reference = _plan(recipe, sources)
+        tokenizer = _tokenizer_files(recipe, sources, reference)
         out = check_output_directory(out_dir, overwrite, [s.directory for s in sources.values()])
         with staged_directory(out) as staging:
             writer = ShardWriter(staging, [(t.out_key, t.shape, t.out_dtype) for t in tasks], max_shard_bytes)
@@ -84,13 +85,15 @@ def merge_models(recipe: str | Path | Recipe, out_dir: str | Path, overwrite: bo
                 writer.write(task.out_key, _run(task, recipe, seed))
             files = writer.close()
             _write_config(reference, staging, recipe, tasks, layers)
-            _copy_tokenizer(recipe, sources, reference, staging)
+            for file in tokenizer:
+                shutil.copyfile(file, staging / file.name)
             import yaml
 
             (staging / RECIPE_NAME).write_text(text or yaml.safe_dump(recipe.model_dump(exclude_none=True)))
     return {"out_dir": str(out), "method": recipe.merge_method, "models": len(sources), "tensors": len(tasks),
             "shards": sum(f.suffix == ".safetensors" for f in files),
             "bytes": sum(f.stat().st_size for f in (Path(out) / p.name for p in files)),
+            "tokenizer": str(tokenizer[0].parent) if tokenizer else None,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -104,8 +107,6 @@ def _open_all(recipe: Recipe, scratch) -> dict[str, ModelSource]:
             refs.setdefault(s.base_model, f"slices.{i}.base_model")
         for j, src in enumerate(s.sources):
             refs.setdefault(src.model, f"slices.{i}.sources.{j}.model" if recipe.slices else f"models.{j}.model")
-    if recipe.tokenizer_source not in (None, "base"):
-        refs.setdefault(recipe.tokenizer_source, "tokenizer_source")
     sources = {ref: open_source(ref, where, scratch) for ref, where in refs.items()}
     first = next(iter(sources.values()))
     want = first.config()
@@ -128,104 +129,115 @@ def _with_layer(key: str, index: int) -> str:
     return key[: m.start(1)] + str(index) + key[m.end(1):]
 
 
-def _plan(recipe: Recipe, sources: dict[str, ModelSource]) -> tuple[list[_Task], list[tuple[ModelSource, int]], ModelSource]:
-    """Every output tensor with its inputs and parameter values; (tasks, out layer → (source, layer), reference)."""
-    method = recipe.method
-    slices = recipe.normalized_slices()
-    tasks: list[_Task] = []
-    layer_map: list[tuple[ModelSource, int]] = []
-    groups = []  # per slice: (base input, other inputs as (source, first layer, where, params)), shared scopes
-    for i, s in enumerate(slices):
-        base_ref = s.base_model or recipe.base_model
-        entries = [(src, f"slices.{i}.sources.{j}" if recipe.slices else f"models.{j}") for j, src in enumerate(s.sources)]
-        if recipe.slices is None and base_ref is not None and all(src.model != base_ref for src, _ in entries):
-            from .recipe import SliceSource
+@dataclass
+class _Entry:
+    """One model of one slice: its layers [lo, hi), its recipe key and parameter scopes."""
 
-            entries.append((SliceSource(model=base_ref, layer_range=(0, -1)), "base_model"))
-        if recipe.slices is not None and method.needs_base and all(src.model != base_ref for src, _ in entries):
-            raise RecipeError(f"slices.{i}: base_model {base_ref!r} must be one of the slice's sources")
-        resolved = []
-        for src, where in entries:
+    source: ModelSource
+    lo: int
+    hi: int
+    where: str
+    scopes: list[dict]
+
+    def input(self, template: str, layer: Optional[int], out_key: str) -> _Input:
+        key = template if layer is None else _with_layer(template, self.lo + layer)
+        if key not in self.source:
+            raise InputError(f"{self.where}: {self.source.label} has no tensor {key} (needed for {out_key})")
+        return _Input(self.source, key, self.where, self.scopes)
+
+
+@dataclass
+class _Group:
+    """One slice: the base entry (methods with a base), the others, the slice-level parameter scopes."""
+
+    base: Optional[_Entry]
+    others: list[_Entry]
+    shared: list[dict]
+
+    @property
+    def reference(self) -> _Entry:
+        return self.base or self.others[0]
+
+    @property
+    def count(self) -> int:
+        return self.reference.hi - self.reference.lo
+
+
+def _groups(recipe: Recipe, sources: dict[str, ModelSource]) -> list[_Group]:
+    """The recipe's slices with their models resolved (layer ranges checked against the checkpoints)."""
+    groups = []
+    for i, s in enumerate(recipe.normalized_slices()):
+        base_ref = s.base_model or recipe.base_model
+        listed = [(src, f"slices.{i}.sources.{j}" if recipe.slices else f"models.{j}") for j, src in enumerate(s.sources)]
+        if recipe.slices is None and base_ref is not None and all(src.model != base_ref for src, _ in listed):
+            listed.append((SliceSource(model=base_ref, layer_range=(0, -1)), "base_model"))
+        entries = []
+        for src, where in listed:
             source = sources[src.model]
-            lo, hi = src.layer_range
-            if hi == -1:
-                lo, hi = 0, _layer_count(source)
-            if hi > _layer_count(source):
-                raise InputError(f"{where}.layer_range: {src.model} has {_layer_count(source)} layers, not {hi}")
-            resolved.append((source, lo, hi, where, [src.parameters, s.parameters, recipe.parameters]))
-        counts = {hi - lo for _, lo, hi, _, _ in resolved}
-        if len(counts) > 1:
-            detail = ", ".join(f"{sr.label}: {hi - lo}" for sr, lo, hi, _, _ in resolved)
+            layers = _layer_count(source)
+            lo, hi = (0, layers) if src.layer_range[1] == -1 else src.layer_range
+            if hi > layers:
+                raise InputError(f"{where}.layer_range: {src.model} has {layers} layers, not {hi}")
+            entries.append(_Entry(source, lo, hi, where, [src.parameters, s.parameters, recipe.parameters]))
+        if len({e.hi - e.lo for e in entries}) > 1:
+            detail = ", ".join(f"{e.source.label}: {e.hi - e.lo}" for e in entries)
             raise InputError(f"models have different numbers of layers ({detail})")
-        base = next((r for r in resolved if r[0].label == base_ref), None) if method.needs_base else None
-        others = [r for r in resolved if r is not base]
-        groups.append((base, others, [s.parameters, recipe.parameters], resolved[0][2] - resolved[0][1]))
-    reference = (groups[0][0] or groups[0][1][0])[0]
+        base = next((e for e in entries if e.source.label == base_ref), None) if recipe.method.needs_base else None
+        groups.append(_Group(base, [e for e in entries if e is not base], [s.parameters, recipe.parameters]))
+    return groups
+
+
+def _plan(recipe: Recipe, sources: dict[str, ModelSource]) -> tuple[list[_Task], list[tuple[ModelSource, int]], ModelSource]:
+    """Every output tensor with its inputs and parameter values, in output order: tensors before the
+    layers, the layers slice by slice (renumbered), tensors after them. Also returns output layer →
+    (model, layer) and the reference model (the first slice's base, else its first model)."""
+    groups = _groups(recipe, sources)
+    _check_complete(groups)
+    reference = groups[0].reference.source
     keys = reference.keys()
     outside = [k for k in keys if not _LAYER.search(k)]
-    pre, post = _split_outside(outside, reference, keys) if len(slices) > 1 else (outside, [])
-    offset = 0
-    per_slice = []
-    for base, others, shared, count in groups:
-        ref_src, ref_lo = (base or others[0])[0], (base or others[0])[1]
-        layer_keys = sorted({_with_layer(k, 0) for k in ref_src.keys() if _LAYER.search(k)
-                             and int(_LAYER.search(k).group(1)) == ref_lo}, key=lambda k: k)
-        per_slice.append((base, others, shared, count, offset, layer_keys))
-        layer_map += [(ref_src, ref_lo + i) for i in range(count)]
-        offset += count
-    first, last = per_slice[0], per_slice[-1]
-    for key in pre:
-        tasks.append(_task(recipe, key, key, first[0], first[1], first[2], 0.0, None))
-    for base, others, shared, count, out_offset, layer_keys in per_slice:
-        for i in range(count):
-            t = i / (count - 1) if count > 1 else 1.0
-            for template in layer_keys:
-                tasks.append(_task(recipe, _with_layer(template, out_offset + i), template, base, others, shared, t, i))
-    for key in post:
-        tasks.append(_task(recipe, key, key, last[0], last[1], last[2], 0.0, None))
-    _check_complete(groups)
+    pre, post = _split_outside(outside, reference, keys) if len(groups) > 1 else (outside, [])
+    tasks = [_task(recipe, key, key, groups[0], 0.0, None) for key in pre]
+    layer_map: list[tuple[ModelSource, int]] = []
+    for group in groups:
+        ref = group.reference
+        templates = sorted({_with_layer(k, 0) for k in ref.source.keys()
+                            if (m := _LAYER.search(k)) and int(m.group(1)) == ref.lo})
+        for i in range(group.count):
+            t = i / (group.count - 1) if group.count > 1 else 1.0
+            out_layer = len(layer_map)
+            tasks += [_task(recipe, _with_layer(k, out_layer), k, group, t, i) for k in templates]
+            layer_map.append((ref.source, ref.lo + i))
+    tasks += [_task(recipe, key, key, groups[-1], 0.0, None) for key in post]
     return tasks, layer_map, reference
 
 
-def _task(recipe: Recipe, out_key: str, template: str, base, others, shared: list[dict], t: float,
-          layer: Optional[int]) -> _Task:
+def _task(recipe: Recipe, out_key: str, template: str, group: _Group, t: float, layer: Optional[int]) -> _Task:
     """One output tensor: find it in every input, check shapes, resolve the parameters."""
-    method = recipe.method
-
-    def locate(entry) -> _Input:
-        source, lo, _, where, scopes = entry
-        key = template if layer is None else _with_layer(template, lo + layer)
-        if key not in source:
-            raise InputError(f"{where}: {source.label} has no tensor {key} (needed for {out_key})")
-        return _Input(source, key, where, scopes)
-
-    base_in = locate(base) if base is not None else None
-    inputs = [locate(o) for o in others]
-    ref = base_in or inputs[0]
+    base = group.base.input(template, layer, out_key) if group.base else None
+    inputs = [e.input(template, layer, out_key) for e in group.others]
+    ref = base or inputs[0]
     shape = ref.source.shape(ref.key)
     for inp in inputs:
         if inp.source.shape(inp.key) != shape:
             raise InputError(f"{inp.where}: tensor {inp.key} has shape {inp.source.shape(inp.key)} in "
                              f"{inp.source.label} but {shape} in {ref.source.label}")
     params: dict = {}
-    for p in method.params:
+    for p in recipe.method.params:
         if p.per_model:
-            values = []
-            for inp in inputs:
-                value = resolve(p.name, p.kind, inp.scopes, inp.key, t)
-                values.append(_required(p, value, f"{inp.where}", f"{inp.source.label}, tensor {inp.key}"))
-            params[p.name] = values
+            params[p.name] = [_required(p, resolve(p.name, p.kind, inp.scopes, inp.key, t), inp.where,
+                                        f"{inp.source.label}, tensor {inp.key}") for inp in inputs]
         else:
-            params[p.name] = _required(p, resolve(p.name, p.kind, shared, out_key, t), "parameters", f"tensor {out_key}")
+            params[p.name] = _required(p, resolve(p.name, p.kind, group.shared, out_key, t), "parameters",
+                                       f"tensor {out_key}")
     for name in ("density", "gamma"):
         for value, inp in zip(params.get(name, []), inputs):
             if not 0 <= value <= 1:
                 raise InputError(f"{inp.where}.parameters.{name}: {value} for tensor {inp.key}; expected 0 to 1")
     stored = ref.source.dtype(ref.key)
-    out_dtype = DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else stored
-    if not stored.is_floating_point:
-        out_dtype = stored
-    return _Task(out_key, shape, out_dtype, base_in, inputs, params)
+    named = recipe.out_dtype or recipe.dtype
+    out_dtype = DTYPES[named] if named and stored.is_floating_point else stored
+    return _Task(out_key, shape, out_dtype, base, inputs, params)
 
 
 def _required(param, value, where: str, what: str):
@@ -236,19 +248,20 @@ def _required(param, value, where: str, what: str):
     return value
 
 
-def _check_complete(groups) -> None:
+def _check_complete(groups: list[_Group]) -> None:
     """Every input model must hold the same tensors per layer and outside the layers (one architecture)."""
     def names(source: ModelSource) -> set[str]:
         return {_with_layer(k, 0) if _LAYER.search(k) else k for k in source.keys()}
 
-    entries = [e for base, others, _, _ in groups for e in ([base] if base else []) + others]
-    want = names(entries[0][0])
-    for source, _, _, where, _ in entries[1:]:
-        have = names(source)
+    entries = [e for g in groups for e in ([g.base] if g.base else []) + g.others]
+    first = entries[0].source
+    want = names(first)
+    for entry in entries[1:]:
+        have = names(entry.source)
         if have != want:
             odd = sorted(have ^ want)[0]
-            whose = source.label if odd in have else entries[0][0].label
-            raise InputError(f"{where}: {source.label} and {entries[0][0].label} differ in their tensors: "
+            whose = entry.source.label if odd in have else first.label
+            raise InputError(f"{entry.where}: {entry.source.label} and {first.label} differ in their tensors: "
                              f"only {whose} has {odd}")
 
 
@@ -272,21 +285,25 @@ def _split_outside(outside: list[str], reference: ModelSource, keys: list[str]) 
 
 
 def _run(task: _Task, recipe: Recipe, seed: int) -> torch.Tensor:
-    """Read the inputs of one output tensor and merge them."""
-    inputs = ([task.base] if task.base else []) + task.others
-    tensors = [inp.source.read(inp.key) for inp in inputs]
-    if not tensors[0].is_floating_point():
-        return tensors[0]
-    if recipe.dtype:
-        tensors = [t.to(DTYPES[recipe.dtype]) for t in tensors]
-    work = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    tensors = [t.to(work) for t in tensors]
-    base = tensors[0] if task.base else None
-    others = torch.stack(tensors[1:] if task.base else tensors)
-    del tensors
+    """Read the inputs of one output tensor and merge them; memory: the inputs plus a few temporaries."""
+    first = task.base or task.others[0]
+    stored = first.source.read(first.key)
+    if not stored.is_floating_point():
+        return stored
+    work = torch.float64 if stored.dtype == torch.float64 else torch.float32
+    rounding = DTYPES[recipe.dtype] if recipe.dtype else None
+
+    def load(inp: _Input, tensor: Optional[torch.Tensor] = None) -> torch.Tensor:
+        tensor = inp.source.read(inp.key) if tensor is None else tensor
+        return (tensor if rounding is None else tensor.to(rounding)).to(work)
+
+    base = load(task.base, stored) if task.base else None
+    others = torch.empty((len(task.others), *task.shape), dtype=work)
+    for i, inp in enumerate(task.others):
+        others[i] = load(inp, None if task.base or i else stored)
+    del stored
     generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(task.out_key.encode())) % 2 ** 63)
-    out = recipe.method.run(base, others, task.params, generator)
-    return out.to(task.out_dtype)
+    return recipe.method.run(base, others, task.params, generator).to(task.out_dtype)
 
 
 def _write_config(reference: ModelSource, out: Path, recipe: Recipe, tasks: list[_Task],
@@ -313,8 +330,18 @@ def _write_config(reference: ModelSource, out: Path, recipe: Recipe, tasks: list
         shutil.copyfile(generation, out / "generation_config.json")
 
 
-def _copy_tokenizer(recipe: Recipe, sources: dict[str, ModelSource], reference: ModelSource, out: Path) -> None:
-    source = reference if recipe.tokenizer_source in (None, "base") else sources[recipe.tokenizer_source]
-    for name in TOKENIZER_FILES:
-        if (source.directory / name).is_file():
-            shutil.copyfile(source.directory / name, out / name)
+def _tokenizer_files(recipe: Recipe, sources: dict[str, ModelSource], reference: ModelSource) -> list[Path]:
+    """The tokenizer files to copy: the base's (or first model's) by default, else `tokenizer_source`'s."""
+    if recipe.tokenizer_source in (None, "base"):
+        directory = reference.directory
+    elif recipe.tokenizer_source in sources:
+        directory = sources[recipe.tokenizer_source].directory
+    else:
+        try:
+            directory = local_dir(split_reference(recipe.tokenizer_source)[0])
+        except ModelNotFoundError as e:
+            raise InputError(f"tokenizer_source: {e}") from None
+    files = [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not files and recipe.tokenizer_source not in (None, "base"):
+        raise InputError(f"tokenizer_source: {recipe.tokenizer_source}: no tokenizer files in {directory}")
+    return files

@@ -125,6 +125,8 @@ def check_recipe(recipe: Recipe, fail) -> None:
         others = [src for src in s.sources if src.model != base]
         if method.needs_base and base is None:
             fail("base_model", f"{recipe.merge_method} needs a base_model")
+        if recipe.slices is not None and method.needs_base and base not in seen:
+            fail(f"{where}.sources", f"the base_model {base!r} must be one of the slice's sources")
         if not method.needs_base and base is not None and base not in seen:
             fail("base_model", f"{recipe.merge_method} averages its models and has no base; list {base!r} "
                  "under models with a weight, or drop base_model")
