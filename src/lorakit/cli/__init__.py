@@ -17,7 +17,7 @@ from typing import Optional
 from ..errors import InputError
 from .common import EXIT_USAGE
 
-COMMAND_MODULES = ("train", "use", "merge")
+COMMAND_MODULES = ("train", "use", "merge", "serve")
 """Modules of this package that register subcommands, in `--help` order."""
 
 

@@ -1,0 +1,63 @@
+"""`lorakit serve`: an OpenAI-compatible server for a base model and many adapters."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+from .common import RAW, positive_int
+
+EPILOG = """examples:
+  lorakit serve --adapter notes=runs/quickstart/adapter
+  lorakit serve --model smollm2-135m-instruct --adapter a=runs/a/adapter --adapter b=runs/b/adapter \\
+      --adapter-dir runs --max-loaded-adapters 8
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "notes", "messages": [{"role": "user", "content": "Lunch with Ana on Friday at noon."}]}'
+"""
+
+
+def cmd_serve(args) -> int:
+    import importlib.util
+
+    from ..serve.launch import ServeOptions, parse_adapter_specs, serve
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"lorakit serve needs {' and '.join(missing)}: pip install 'lorakit[serve]'")
+    options = ServeOptions(
+        model=args.model, adapters=parse_adapter_specs(args.adapter), adapter_dir=args.adapter_dir,
+        host=args.host, port=args.port, api_key=args.api_key, quantization=args.quantization,
+        max_batch=args.max_batch, max_model_len=args.max_model_len, max_loaded_adapters=args.max_loaded_adapters,
+        max_waiting=args.max_waiting,
+    )
+    return serve(options)
+
+
+def port_number(text: str) -> int:
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return int(text)
+
+
+def register(sub, parent) -> None:
+    p = sub.add_parser("serve", parents=[parent], formatter_class=RAW, epilog=EPILOG,
+                       help="OpenAI-compatible server: a base model and many adapters, batched together")
+    p.add_argument("--model", help="base model: an embedded name, a local HF dir, a merged model dir or a .gguf "
+                                   "(default: the adapters' base_model_name_or_path, else smollm2-135m-instruct)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="serve the adapter in DIR as model NAME (repeatable); classification adapters answer "
+                        "/v1/classify")
+    p.add_argument("--adapter-dir", metavar="DIR",
+                   help="allow /v1/load_lora_adapter for adapters inside DIR (off without it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $LORAKIT_API_KEY)")
+    p.add_argument("--quantization", choices=["nf4", "int8"], help="quantize the base's linear layers")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="requests decoded together (default 32)")
+    p.add_argument("--max-model-len", type=positive_int,
+                   help="prompt + reply tokens per request (default: the model's, at most 4096)")
+    p.add_argument("--max-loaded-adapters", type=positive_int,
+                   help="keep at most N generation adapters in memory; the least recently used idle one is "
+                        "evicted and reloaded on demand")
+    p.add_argument("--max-waiting", type=positive_int, default=256,
+                   help="queued requests beyond which new ones get 429 (default 256)")
+    p.set_defaults(func=cmd_serve)
