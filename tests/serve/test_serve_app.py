@@ -1,7 +1,12 @@
 """The real server (uvicorn on 127.0.0.1) through the real `openai` client."""
 import asyncio
+import time
 
 import pytest
+
+import lorakit
+from helpers import randomize_lora_b
+from serve_helpers import running
 
 openai = pytest.importorskip("openai")
 
@@ -110,3 +115,112 @@ def test_errors_are_openai_errors(server, adapter_root):
     with pytest.raises(openai.BadRequestError, match="safetensors"):
         c.post("/load_lora_adapter", body={"lora_name": "x", "lora_path": "broken"}, cast_to=object)
     assert client(server).models.list().data  # still answering
+
+
+def test_health_and_metrics(server):
+    import urllib.request
+
+    assert urllib.request.urlopen(f"{server}/health").read() == b'{"status":"ok"}'
+    client(server).chat.completions.create(model="a", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    text = urllib.request.urlopen(f"{server}/metrics").read().decode()
+    for name in ("lorakit_requests_total", "lorakit_generated_tokens_total", "lorakit_waiting_requests",
+                 "lorakit_batch_size_bucket", "lorakit_time_to_first_token_seconds_count",
+                 "lorakit_request_latency_seconds_sum"):
+        assert name in text
+    assert 'lorakit_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
+
+
+def test_a_client_that_goes_away_frees_its_row(serve_base_dir, adapter_root):
+    import httpx2 as httpx
+
+    from lorakit.serve.launch import ServeOptions, build_app
+
+    app = build_app(ServeOptions(model=str(serve_base_dir), adapters={"a": str(adapter_root / "a")},
+                                 max_model_len=256))
+    engine = app.state.engine
+    with running(app) as url:
+        body = {"model": "a", "prompt": "Once", "max_tokens": 200, "temperature": 0, "stream": True}
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", f"{url}/v1/completions", json=body) as response:
+                lines = response.iter_lines()
+                next(line for line in lines if line.startswith("data:"))
+        deadline = time.monotonic() + 10
+        while sum(engine.load()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.load() == (0, 0)
+        assert engine.metrics.generated_tokens < 200
+
+
+def test_a_full_queue_answers_429_and_an_api_key_is_required(serve_base_dir, adapter_root):
+    import threading
+
+    from lorakit.serve.launch import ServeOptions, build_app
+
+    app = build_app(ServeOptions(model=str(serve_base_dir), adapters={"a": str(adapter_root / "a")},
+                                 max_model_len=256, max_waiting=2, api_key="k"))
+    with running(app) as url:
+        with pytest.raises(openai.AuthenticationError):
+            client(url, api_key="wrong").models.list()
+        gate = threading.Event()
+        app.state.engine.call(lambda model: gate.wait(30))  # the engine is busy: requests queue up
+        c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
+
+        async def one():
+            try:
+                await c.completions.create(model="a", prompt="Hi", max_tokens=3, temperature=0)
+                return "ok"
+            except openai.RateLimitError:
+                return "429"
+
+        async def burst():
+            tasks = [asyncio.create_task(one()) for _ in range(5)]
+            while sum(app.state.engine.load()) < 2 or sum(t.done() for t in tasks) < 3:
+                await asyncio.sleep(0.02)
+            gate.set()
+            return await asyncio.gather(*tasks)
+        assert sorted(asyncio.run(burst())) == ["429"] * 3 + ["ok"] * 2
+
+
+def test_least_recently_used_adapters_are_evicted_and_reloaded(serve_base_dir, adapter_root, reference):
+    from lorakit.routing import list_adapters
+    from lorakit.serve.launch import ServeOptions, build_app
+
+    app = build_app(ServeOptions(model=str(serve_base_dir), adapters={n: str(adapter_root / n) for n in "abcd"},
+                                 max_model_len=256, max_loaded_adapters=2))
+    with running(app) as url:
+        c = client(url)
+        for name in "adba":  # b evicts a, then a evicts d
+            out = c.chat.completions.create(model=name, messages=[{"role": "user", "content": PROMPTS[0]}],
+                                            max_tokens=12, temperature=0)
+            assert out.choices[0].message.content.strip() == reference(name, PROMPTS[0], 12)
+        assert sorted(list_adapters(app.state.engine.model)) == ["a", "b"]
+        assert {m.id: m.model_extra["loaded"] for m in c.models.list().data[1:]} == \
+            {"a": True, "b": True, "c": False, "d": False}
+
+
+def test_classification_adapters_answer_classify(tmp_path, tiny_encoder_dir):
+    import json
+    import urllib.request
+
+    from lorakit.inference import classify_batch, load_trained
+    from lorakit.models import load_classifier
+    from lorakit.serve.launch import ServeOptions, build_app
+
+    labels = ["billing", "bug", "praise"]
+    model, _ = load_classifier(str(tiny_encoder_dir), labels)
+    lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                             modules_to_save=["classifier"]), adapter_name="default")
+    randomize_lora_b(model)
+    lorakit.save_adapter(model, tmp_path / "cls")
+    (tmp_path / "cls" / "labels.json").write_text(json.dumps(labels))
+    app = build_app(ServeOptions(adapters={"tickets": str(tmp_path / "cls")}))
+    assert app.state.engine is None
+    with running(app) as url:
+        assert [m.id for m in client(url).models.list().data] == ["tickets"]
+        request = urllib.request.Request(f"{url}/v1/classify", data=json.dumps(
+            {"model": "tickets", "input": ["my card was charged twice", "great app"]}).encode(),
+            headers={"Content-Type": "application/json"})
+        data = json.loads(urllib.request.urlopen(request).read())["data"]
+    expected, _ = classify_batch(load_trained(tmp_path / "cls"), ["my card was charged twice", "great app"])
+    assert [d["label"] for d in data] == [max(p, key=p.get) for p in expected]
+    assert all(abs(d["probs"][k] - p[k]) < 1e-5 for d, p in zip(data, expected) for k in labels)

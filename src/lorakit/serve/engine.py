@@ -23,6 +23,7 @@ rounding.
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 import os
@@ -163,6 +164,7 @@ class Engine:
         self.jobs: collections.deque[tuple[Callable, Future]] = collections.deque()
         self.wake = threading.Condition()
         self.closing = self.stopped = False
+        self.routed: Optional[tuple[list, contextlib.ExitStack]] = None  # see `_route`
         self.thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
 
     # -- called from other threads -------------------------------------------------------------
@@ -217,8 +219,7 @@ class Engine:
             self.wake.notify()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-        for request in list(self.waiting) + [r for b in self.groups.values() for r in b.requests]:
-            _send(request, Event("", "error", error="the server shut down before this request finished"))
+        self._fail_all("the server shut down before this request finished")
 
     # -- the engine thread -----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -230,16 +231,31 @@ class Engine:
                 if self.stopped:
                     break
                 jobs, self.jobs = list(self.jobs), collections.deque()
-            for fn, future in jobs:
-                self._run_job(fn, future)
-            self._drop_cancelled()
-            self._admit()
-            for key in list(self.groups):
-                if self.groups[key].requests:
-                    self._guarded_decode(key)
+            try:
+                if jobs or self.waiting:
+                    self._unroute()  # jobs and admissions may load or unload adapters
+                for fn, future in jobs:
+                    self._run_job(fn, future)
+                self._drop_cancelled()
+                self._admit()
+                for key in list(self.groups):
+                    if self.groups[key].requests:
+                        self._guarded_decode(key)
+            except Exception:  # pragma: no cover - a bug: fail what runs, keep serving
+                log.exception("engine loop failed")
+                self._fail_all("internal error in the engine loop (see the server log)")
             self.metrics.set_load(*self.load())
+        self._unroute()
         for fn, future in self.jobs:
             future.set_exception(EngineClosed("the engine has stopped"))
+
+    def _fail_all(self, message: str) -> None:
+        self._unroute()
+        with self.wake:
+            waiting, self.waiting = list(self.waiting), collections.deque()
+        for request in waiting + [r for b in self.groups.values() for r in b.requests]:
+            self._finish(request, "error", error=message)
+        self.groups.clear()
 
     def _run_job(self, fn, future: Future) -> None:
         try:
@@ -320,9 +336,10 @@ class Engine:
         logits = self._forward(key, joining, ids, positions)
         joining.last = self._sample(requests, logits)
         batch = self.groups.setdefault(key, _Batch())
+        first_new = len(batch.requests)
         batch.join(joining)
         self.metrics.observe_prefill(len(requests), int(mask.sum()))
-        self._emit(key)
+        self._emit(key, first_new)
 
     def _decode_step(self, key: str) -> None:
         batch = self.groups[key]
@@ -338,10 +355,28 @@ class Engine:
         inputs = {"input_ids": ids, "attention_mask": batch.mask, "position_ids": positions,
                   self.cache_kw: batch.cache, "use_cache": True, "logits_to_keep": 1}
         if key == MIXED:
-            with route(self.model, [r.adapter for r in batch.requests]):
-                return self.model(**inputs).logits[:, -1].float()
-        set_adapter(self.model, key)
+            self._route([r.adapter for r in batch.requests])
+        else:
+            self._unroute()
+            set_adapter(self.model, key)
         return self.model(**inputs).logits[:, -1].float()
+
+    def _route(self, names: list) -> None:
+        """Enter `route(model, names)`, or stay in it if it is already open for the same rows: while the
+        batch does not change, decode steps reuse one route block (entering one costs a walk over the
+        model and a check of every layer's stacked factors)."""
+        if self.routed is not None and self.routed[0] == names:
+            return
+        self._unroute()
+        stack = contextlib.ExitStack()
+        stack.enter_context(route(self.model, names))
+        self.routed = (names, stack)
+
+    def _unroute(self) -> None:
+        """Leave the open route block: before the model changes (adapter jobs, loads) or a solo group runs."""
+        if self.routed is not None:
+            self.routed[1].close()
+            self.routed = None
 
     @staticmethod
     def _sample(requests: list[Request], logits: torch.Tensor) -> torch.Tensor:
@@ -356,13 +391,12 @@ class Engine:
             r.generated.append(t)
         return tokens
 
-    def _emit(self, key: str) -> None:
-        """Stream each row's new text; retire the rows that finished."""
+    def _emit(self, key: str, first: int = 0) -> None:
+        """Stream the new text of rows `first`...; retire the rows that finished."""
         batch = self.groups[key]
-        keep = []
-        for i, r in enumerate(batch.requests):
-            reason = self._stream(r, int(batch.positions[i]) + 1)
-            if reason is None:
+        keep = list(range(first))
+        for i in range(first, len(batch.requests)):
+            if self._stream(batch.requests[i], int(batch.positions[i]) + 1) is None:
                 keep.append(i)
         batch.keep(keep)
         if not batch.requests:

@@ -132,8 +132,11 @@ class Registry:
     # -- engine thread -------------------------------------------------------------------------
     def add(self, model: nn.Module, name: str, path: Path, in_use: set) -> None:
         """Load the generation adapter at `path` as `name` (engine thread), evicting if over `max_loaded`."""
-        if not self._make_room(model, in_use):
-            raise Retry  # every loaded adapter is busy: try again after the next step
+        with self.lock:
+            if name in self.entries:
+                raise InputError(f"an adapter named {name!r} is already loaded; unload it first")
+        if name in list_adapters(model) or not self._make_room(model, in_use):
+            raise Retry  # still unloading that name, or every loaded adapter is busy: after the next step
         load_adapter(model, path, adapter_name=name)
         with self.lock:
             self.entries[name] = Entry(name, path, "sft", time.monotonic(), True)
