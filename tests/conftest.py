@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_bert, tiny_gpt2, tiny_llama
+from helpers import save_tiny_lm, tiny_bert, tiny_gpt2, tiny_llama
 from lorakit.config import load_config
 from lorakit.data.bundled import path as bundled_path
 from lorakit.train.config import RunConfig
@@ -72,18 +72,7 @@ def tokenizer(request, smol_tokenizer, plain_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory, smol_tokenizer):
     """A 1-layer, hidden-16 Llama over SmolLM2's 49152-token vocabulary, saved with SmolLM2's tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(smol_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id,
-    )
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(directory)
-    smol_tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"), smol_tokenizer)
 
 
 @pytest.fixture(scope="session")

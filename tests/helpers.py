@@ -81,3 +81,20 @@ def tiny_llama_dir(path, tokenizer=None, tie: bool = False, vocab_size: int = 12
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return model
+
+
+def save_tiny_lm(directory, tokenizer, **overrides):
+    """Save a seeded random Llama over `tokenizer`'s vocabulary (1 layer, hidden 16 unless
+    `overrides` say otherwise) with that tokenizer to `directory`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+        "tie_word_embeddings": True, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        **overrides,
+    })
+    LlamaForCausalLM(cfg).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lorakit
-from helpers import randomize_lora_b
+from helpers import randomize_lora_b, save_tiny_lm
 from serve_helpers import running
 from lorakit.tuners.lora import ModulesToSave
 
@@ -20,18 +20,9 @@ PLAIN = {"a": 4, "b": 8, "c": 4, "d": 16}  # name → rank
 @pytest.fixture(scope="session")
 def serve_base_dir(tmp_path_factory, smol_tokenizer):
     """2-layer, hidden-64 Llama over SmolLM2's vocabulary (SmolLM2's chat template), saved."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id,
-    )
-    directory = tmp_path_factory.mktemp("serve-base")
-    LlamaForCausalLM(cfg).save_pretrained(directory)
-    smol_tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_lm(tmp_path_factory.mktemp("serve-base"), smol_tokenizer, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=512)
 
 
 def _save(model, out: Path, config, seed: int) -> Path:

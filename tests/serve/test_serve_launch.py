@@ -82,6 +82,7 @@ def test_the_command_serves_and_drains_on_sigterm(serve_base_dir, adapter_root):
         assert events[-2:] == [b"data: [DONE]", b""] or events[-1] == b"data: [DONE]"
         assert data[-1]["choices"][0]["finish_reason"] == "length"
         assert proc.wait(timeout=60) == 0
+        assert "lorakit serve: stopped" in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()

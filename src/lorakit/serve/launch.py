@@ -140,9 +140,17 @@ def serve(options: ServeOptions) -> int:
             if not self.should_exit:
                 print(f"lorakit serve: ready at {url}/v1 (Ctrl-C to stop)", flush=True)
 
+        def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                print("lorakit serve: stopping after the requests in flight "
+                      f"(at most {options.drain_timeout:.0f} s; again to force)", flush=True)
+            super().handle_exit(sig, frame)
+            getattr(self, "_captured_signals", []).clear()  # a graceful stop exits 0, not by the signal
+
     print(f"lorakit serve: models {', '.join(registry.names()[0 if app.state.engine else 1:])}"
           f"{' (API key required)' if options.api_key else ''}", flush=True)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                             timeout_graceful_shutdown=int(options.drain_timeout))
     Server(config).run()
+    print("lorakit serve: stopped", flush=True)
     return 0
