@@ -49,15 +49,15 @@ def register(sub, parent) -> None:
     p.add_argument("--adapter-dir", metavar="DIR",
                    help="allow /v1/load_lora_adapter for adapters inside DIR (off without it)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port_number, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $LORAKIT_API_KEY)")
+    p.add_argument("--port", type=port_number, default=8000, help="(default 8000)")
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 (default: $LORAKIT_API_KEY)")
     p.add_argument("--quantization", choices=["nf4", "int8"], help="quantize the base's linear layers")
-    p.add_argument("--max-batch", type=positive_int, default=32, help="requests decoded together (default 32)")
-    p.add_argument("--max-model-len", type=positive_int,
+    p.add_argument("--max-batch", type=positive_int, metavar="N", default=32, help="requests decoded together (default 32)")
+    p.add_argument("--max-model-len", type=positive_int, metavar="N",
                    help="prompt + reply tokens per request (default: the model's, at most 4096)")
-    p.add_argument("--max-loaded-adapters", type=positive_int,
+    p.add_argument("--max-loaded-adapters", type=positive_int, metavar="N",
                    help="keep at most N generation adapters in memory; the least recently used idle one is "
                         "evicted and reloaded on demand")
-    p.add_argument("--max-waiting", type=positive_int, default=256,
+    p.add_argument("--max-waiting", type=positive_int, metavar="N", default=256,
                    help="queued requests beyond which new ones get 429 (default 256)")
     p.set_defaults(func=cmd_serve)
