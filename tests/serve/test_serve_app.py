@@ -131,7 +131,9 @@ def test_health_and_metrics(server):
 
 
 def test_a_client_that_goes_away_frees_its_row(serve_base_dir, adapter_root):
-    import httpx2 as httpx
+    import http.client
+    import json
+    from urllib.parse import urlparse
 
     from lorakit.serve.launch import ServeOptions, build_app
 
@@ -140,10 +142,12 @@ def test_a_client_that_goes_away_frees_its_row(serve_base_dir, adapter_root):
     engine = app.state.engine
     with running(app) as url:
         body = {"model": "a", "prompt": "Once", "max_tokens": 200, "temperature": 0, "stream": True}
-        with httpx.Client(timeout=30) as http:
-            with http.stream("POST", f"{url}/v1/completions", json=body) as response:
-                lines = response.iter_lines()
-                next(line for line in lines if line.startswith("data:"))
+        conn = http.client.HTTPConnection(urlparse(url).hostname, urlparse(url).port, timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.readline().startswith(b"data: {")  # streaming has begun; now hang up
+        conn.sock.shutdown(2)
+        conn.close()
         deadline = time.monotonic() + 10
         while sum(engine.load()) and time.monotonic() < deadline:
             time.sleep(0.02)
