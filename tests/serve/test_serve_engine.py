@@ -64,6 +64,8 @@ def _model(kind: str):
         for m in model.modules():
             if isinstance(m, ModulesToSave):
                 m.copies["saved"].weight.mul_(2.0)
+    lorakit.inject(model, lorakit.VeraConfig(r=8, target_modules=["q_proj", "o_proj"], init_weights=False),
+                   adapter_name="vera")
     return model.eval()
 
 
@@ -98,13 +100,13 @@ class Collector:
 
 @pytest.mark.parametrize("kind", ["fp32", "nf4"])
 def test_rows_joining_a_busy_mixed_batch_decode_as_if_alone(kind):
-    """18 requests over plain LoRA adapters, the base, DoRA and modules_to_save, arriving while others
+    """18 requests over plain LoRA adapters, the base, DoRA, VeRA and modules_to_save, arriving while others
     run, with different prompt lengths and limits: each one's tokens equal greedy decoding alone."""
     model = _model(kind)
     g = torch.Generator().manual_seed(1)
-    names = [None, "a", "b", "c", "dora", "saved"]
+    names = [None, "a", "b", "c", "dora", "saved", "vera"]
     stop = 7
-    jobs = [(names[i % 6], torch.randint(8, 64, (3 + 5 * (i % 4),), generator=g).tolist(), 6 + 4 * (i % 3))
+    jobs = [(names[i % 7], torch.randint(8, 64, (3 + 5 * (i % 4),), generator=g).tolist(), 6 + 4 * (i % 3))
             for i in range(18)]
     expected = [_greedy_alone(model, *job, stop) for job in jobs]
     engine = Engine(model, CharTokenizer(), max_batch=8, max_model_len=128).start()
