@@ -91,7 +91,10 @@ class Request:
     arrived: float = field(default_factory=time.monotonic)
     # engine-side state
     generated: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of the decoded reply already streamed
+    text: str = ""  # the reply decoded so far (tokens before `read`)
+    prefix: int = 0  # decoding restarts at this token, for context (see `_decoded`)
+    read: int = 0
+    sent: int = 0  # characters of `text` already streamed
     cancelled: bool = False
     first_token_at: Optional[float] = None
     rng: Optional[torch.Generator] = None
@@ -405,13 +408,13 @@ class Engine:
     def _stream(self, r: Request, context: int) -> Optional[str]:
         """Send `r`'s new text; returns the finish reason when `r` is done (after its last event)."""
         stopped_by_token = r.generated[-1] in r.stop_ids
-        ids = r.generated[:-1] if stopped_by_token else r.generated
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        limit = len(r.generated) >= r.params.max_tokens or context >= self.max_model_len
+        text = self._decoded(r, r.generated[:-1] if stopped_by_token else r.generated, stopped_by_token or limit)
         reason = "stop" if stopped_by_token else None
         cut = _find_stop(text, r.params.stop, max(0, r.sent - max((len(s) for s in r.params.stop), default=0)))
         if cut is not None:
             text, reason = text[:cut], "stop"
-        elif reason is None and (len(r.generated) >= r.params.max_tokens or context >= self.max_model_len):
+        elif reason is None and limit:
             reason = "length"
         if reason is None:
             end = len(text) - _held_back(text, r.params.stop)
@@ -421,6 +424,18 @@ class Engine:
             return None
         self._finish(r, reason, text)
         return reason
+
+    def _decoded(self, r: Request, ids: list[int], final: bool = False) -> str:
+        """`r`'s reply text for `ids`, decoding only the new tokens (plus the previous ones, so that
+        spaces between words come out as in a full decode): O(new tokens) per step, not O(reply).
+        Half a UTF-8 character waits for its next token unless `final`."""
+        if len(ids) > r.read:
+            before = self.tokenizer.decode(ids[r.prefix:r.read], skip_special_tokens=True)
+            after = self.tokenizer.decode(ids[r.prefix:], skip_special_tokens=True)
+            if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+                r.text += after[len(before):]
+                r.prefix, r.read = r.read, len(ids)
+        return r.text
 
     def _finish(self, r: Request, reason: str, text: str = "", error: Optional[str] = None) -> None:
         _send(r, Event(text[r.sent:], reason, len(r.prompt_ids), len(r.generated), error))
@@ -453,9 +468,6 @@ def _find_stop(text: str, stops: tuple[str, ...], start: int) -> Optional[int]:
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Characters at the end of `text` not to stream yet: an unfinished UTF-8 character, or a
-    suffix that may be the start of a stop string."""
-    if text.endswith("\ufffd"):
-        return 1
+    """Characters at the end of `text` not to stream yet: a suffix that may begin a stop string."""
     return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
                default=0)
