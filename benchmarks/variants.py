@@ -53,7 +53,7 @@ def lorakit_model(variant, device):
     lorakit.inject(model, cfg)
     if variant == "AdaLoRA":
         hooks = adalora.training_hooks(model)
-        return model, hooks.regularizer, hooks.after_backward
+        return model, hooks.regularizer, hooks.after_step
     return model, None, None
 
 
@@ -77,13 +77,13 @@ def peft_model(variant, device):
 
 def step(entry, ids, device, i):
     """One fwd+bwd step (plus AdaLoRA's penalty and allocation); `i` counts steps from 1."""
-    model, penalty, after_backward = entry
+    model, penalty, after_step = entry
     loss = model(input_ids=ids, labels=ids).loss
     if penalty is not None:
         loss = loss + penalty(model)
     loss.backward()
-    if after_backward is not None:
-        after_backward(model, i)
+    if after_step is not None:
+        after_step(model, i)
     for p in model.parameters():
         p.grad = None
     if device.type == "cuda":

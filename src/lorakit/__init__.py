@@ -9,7 +9,8 @@ from .inject import describe_trainable, inject, preset_targets, trainable_parame
 from .io import AdapterFormatError, load_adapter, read_config, save_adapter
 from .merge import combine_adapters, extract_lora, merge, merge_and_unload, merge_models, unload, unmerge
 from .quant import quantize
-from .routing import active_adapter, delete_adapter, disable_adapters, list_adapters, route, set_adapter
+from .routing import route
+from .state import active_adapter, delete_adapter, disable_adapters, list_adapters, set_adapter
 from .train.optim import build_optimizer, loraplus_optimizer
 
 __version__ = "0.1.0"

@@ -7,8 +7,9 @@ from collections import Counter, OrderedDict
 
 from torch import nn
 
-from .inject import candidate_modules, preset_targets, trainable_parameters
-from .tuners.lora import is_linear_like
+from .inject import trainable_parameters
+from .targets import candidate_modules, preset_targets
+from .tuners.layers import is_linear_like
 
 
 def module_table(model: nn.Module) -> list[tuple[str, str, str, int]]:

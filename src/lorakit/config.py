@@ -6,14 +6,57 @@ fields written by newer peft versions instead of crashing.
 """
 from __future__ import annotations
 
+import enum
+import re
 import warnings
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, NamedTuple, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import InputError
 
 TargetSpec = Union[list[str], str, None]
+
+
+class Bias(enum.Enum):
+    """Which biases train and are saved with an adapter (`config.bias_mode`)."""
+
+    NONE = "none"
+    ALL = "all"  # every bias of the model
+    ADAPTED = "adapted"  # the biases of the adapted layers (peft: "lora_only", "vera_only")
+
+
+BIAS_MODES = {"none": Bias.NONE, "all": Bias.ALL, "lora_only": Bias.ADAPTED, "vera_only": Bias.ADAPTED}
+"""peft's `bias` strings → their meaning."""
+
+
+class InitKind(enum.Enum):
+    KAIMING = "kaiming"  # True: Kaiming-uniform A, zero B (the identity)
+    GAUSSIAN = "gaussian"  # normal A, zero B
+    RANDOM = "random"  # False: random A and B (tests)
+    PISSA = "pissa"  # principal singular factors of W (tuners/pissa.py)
+
+
+class LoraInit(NamedTuple):
+    """`init_lora_weights` parsed (`LoraConfig.init`); `niter`: PiSSA's subspace iterations (None: full SVD)."""
+
+    kind: InitKind
+    niter: Optional[int] = None
+
+
+_PISSA = re.compile(r"pissa(?:_niter_(\d+))?")
+
+
+def parse_lora_init(value: Union[bool, str]) -> LoraInit:
+    """True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>' → a `LoraInit` (ValueError otherwise)."""
+    if isinstance(value, bool):
+        return LoraInit(InitKind.KAIMING if value else InitKind.RANDOM)
+    if value == "gaussian":
+        return LoraInit(InitKind.GAUSSIAN)
+    m = _PISSA.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"init_lora_weights={value!r}: expected True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>'")
+    return LoraInit(InitKind.PISSA, int(m.group(1)) if m.group(1) else None)
 
 
 class PeftFormatConfig(BaseModel):
@@ -34,6 +77,11 @@ class PeftFormatConfig(BaseModel):
             warnings.warn(f"{source}: ignoring fields lorakit does not know: {', '.join(unknown)}", stacklevel=2)
         kept = {k: v for k, v in data.items() if k in known and v is not None}
         return cls(**kept)
+
+    @property
+    def bias_mode(self) -> Bias:
+        """`bias` as a `Bias` (methods without a bias option: Bias.NONE)."""
+        return BIAS_MODES[getattr(self, "bias", "none")]
 
     def to_peft_dict(self) -> dict[str, Any]:
         """The adapter_config.json contents peft expects for this method."""
@@ -89,11 +137,13 @@ class LoraConfig(PeftFormatConfig):
     @field_validator("init_lora_weights")
     @classmethod
     def _known_init(cls, v):
-        import re
-
-        if isinstance(v, str) and v != "gaussian" and not re.fullmatch(r"pissa(_niter_\d+)?", v):
-            raise ValueError(f"init_lora_weights={v!r}: expected True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>'")
+        parse_lora_init(v)
         return v
+
+    @property
+    def init(self) -> LoraInit:
+        """`init_lora_weights` as a typed value."""
+        return parse_lora_init(self.init_lora_weights)
 
     @field_validator("modules_to_save")
     @classmethod
@@ -183,14 +233,8 @@ class AdaLoraConfig(PeftFormatConfig):
     _layers_as_list = field_validator("layers_to_transform")(classmethod(lambda cls, v: [v] if isinstance(v, int) else v))
 
 
-CONFIG_TYPES: dict[str, type[PeftFormatConfig]] = {"LORA": LoraConfig, "VERA": VeraConfig, "ADALORA": AdaLoraConfig}
-"""peft_type in adapter_config.json → config class."""
-
-
 def matches(spec: TargetSpec, name: str) -> bool:
     """True when module `name` is selected by a list of names (exact or dotted suffix) or a regex string."""
-    import re
-
     if spec is None:
         return False
     if isinstance(spec, str):
@@ -199,8 +243,6 @@ def matches(spec: TargetSpec, name: str) -> bool:
 
 
 def _pattern_value(patterns: dict, name: str, default):
-    import re
-
     for key, value in patterns.items():
         if name == key or name.endswith("." + key) or re.fullmatch(key, name) or re.fullmatch(rf"(.*\.)?{key}", name):
             return value

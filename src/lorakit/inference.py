@@ -20,6 +20,7 @@ from torch import nn
 
 from .io import CONFIG_NAME, load_adapter, read_base_quantization, read_config
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
+from .train.config import Task
 
 LABELS_NAME = "labels.json"
 
@@ -28,7 +29,7 @@ LABELS_NAME = "labels.json"
 class Trained:
     model: nn.Module
     tokenizer: object
-    task: str  # "sft" or "classification"
+    task: Task
     base: str  # the base model's name or path
     labels: Optional[list] = None
     adapter_dir: Optional[Path] = None
@@ -53,14 +54,14 @@ def _load_adapter_dir(path: Path, base: Optional[str]) -> Trained:
     labels = json.loads((path / LABELS_NAME).read_text()) if (path / LABELS_NAME).is_file() else None
     if config.task_type == "SEQ_CLS":
         model, tokenizer = load_classifier(base, labels, dtype)
-        task = "classification"
+        task = Task.CLASSIFICATION
         if quantization:
             from .quant import quantize
 
             quantize(model, method=quantization, **options)
     else:
         model, tokenizer = load_causal_lm(base, dtype, quantization=quantization, quant_options=options)
-        task = "sft"
+        task = Task.SFT
     load_adapter(model, path)
     return Trained(model.eval(), tokenizer, task, base, labels, path)
 
@@ -74,9 +75,9 @@ def _load_model(name: str) -> Trained:
     if any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
         model, tokenizer = load_classifier(name, None)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        return Trained(model.eval(), tokenizer, "classification", name, labels)
+        return Trained(model.eval(), tokenizer, Task.CLASSIFICATION, name, labels)
     model, tokenizer = load_causal_lm(name)
-    return Trained(model.eval(), tokenizer, "sft", name)
+    return Trained(model.eval(), tokenizer, Task.SFT, name)
 
 
 def chat_messages(prompt: str, system: Optional[str] = None, history: Optional[list] = None) -> list[dict]:

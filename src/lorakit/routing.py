@@ -1,4 +1,5 @@
-"""Named adapters on one model: which is active, switching, disabling, deleting, and per-row routing.
+"""Per-row routing: one adapter per batch row in one forward. (Switching, disabling and deleting
+adapters live in `lorakit.state`; they are re-exported here.)
 
 `route(model, names)` runs batch row i through adapter names[i] (None = the base model) in one
 forward. Each wrapper keeps all its adapters' factors stacked (rank-padded with zeros, the scaling
@@ -17,69 +18,13 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from .inject import _replace, adapter_configs
-from .tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
+from . import methods
+from .state import (active_adapter, adapter_configs, check_name, delete_adapter, disable_adapters, holders,
+                    list_adapters, set_adapter)
+from .tuners.base import Kind, ModulesToSave
+from .tuners.layers import LayerWrapper
 
-
-def _holders(model: nn.Module):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoraWrapper, ModulesToSave))]
-
-
-def list_adapters(model: nn.Module) -> list[str]:
-    """Names of the adapters on `model`, in the order they were added."""
-    return list(adapter_configs(model))
-
-
-def active_adapter(model: nn.Module) -> Optional[str]:
-    return model.__dict__.get("lorakit_active")
-
-
-def _check_name(model: nn.Module, name: Optional[str]) -> None:
-    if name is not None and name not in adapter_configs(model):
-        raise KeyError(f"no adapter named {name!r}; adapters on this model: {list_adapters(model)}")
-
-
-def set_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Make `adapter_name` the active adapter on every layer that has it (others run as the base)."""
-    _check_name(model, adapter_name)
-    for _, holder in _holders(model):
-        holder.set_active(adapter_name if adapter_name in holder.adapters else None)
-    model.__dict__["lorakit_active"] = adapter_name
-
-
-@contextlib.contextmanager
-def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block the model behaves as its base (no adapter, original modules_to_save)."""
-    holders = _holders(model)
-    merged = [n for n, h in holders if getattr(h, "merged", None)]
-    if merged:
-        raise RuntimeError(f"cannot disable adapters while merged (e.g. {merged[0]}); unmerge first")
-    saved = [(h, h.active) for _, h in holders]
-    for _, h in holders:
-        h.__dict__["active"] = None
-    try:
-        yield model
-    finally:
-        for h, active in saved:
-            h.__dict__["active"] = active
-
-
-def delete_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Remove an adapter everywhere; layers left with no adapter get their base module back."""
-    _check_name(model, adapter_name)
-    for name, holder in _holders(model):
-        if adapter_name not in holder.adapters:
-            continue
-        holder.delete(adapter_name)
-        holder.__dict__.pop("route_stacks", None)  # (routing's cached factor stacks)
-        if len(holder.adapters) == 0:
-            _replace(model, name, holder.base if isinstance(holder, LoraWrapper) else holder.original)
-    del adapter_configs(model)[adapter_name]
-    if active_adapter(model) == adapter_name:
-        remaining = list_adapters(model)
-        model.__dict__["lorakit_active"] = None
-        if remaining:
-            set_adapter(model, remaining[0])
+__all__ = ["route", "routable", "set_adapter", "disable_adapters", "delete_adapter", "list_adapters", "active_adapter"]
 
 
 @contextlib.contextmanager
@@ -92,15 +37,27 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
     server wants); `delete_adapter` drops them.
     """
     for name in set(names_per_row):
-        _check_name(model, name)
+        check_name(model, name)
     used = [n for n in dict.fromkeys(names_per_row) if n is not None]
-    wrappers = [w for _, w in _holders(model) if isinstance(w, LoraWrapper)]
-    if any(w.merged for w in wrappers):
+    configs = adapter_configs(model)
+    tokens = [n for n in used if methods.for_config(configs[n]).kind is Kind.VIRTUAL_TOKENS]
+    if tokens:
+        raise NotImplementedError(f"route() cannot mix virtual-token adapters by row ({tokens[0]!r}); use set_adapter")
+    found = holders(model)
+    if any(h.merged for _, h in found):
         raise RuntimeError("cannot route rows while an adapter is merged; unmerge first")
-    if any(type(a) is not LoraAdapter or a.dora is not None
-           for w in wrappers for n in used if n in w.adapters for a in [w.adapters[n]]):
-        raise NotImplementedError("route() mixes plain LoRA adapters only (not DoRA/VeRA/AdaLoRA); use set_adapter")
-    saved_to = [m for _, m in _holders(model) if isinstance(m, ModulesToSave)]
+    wrappers = [w for _, w in found if isinstance(w, LayerWrapper)]
+    other = [n for n, h in found if not isinstance(h, (LayerWrapper, ModulesToSave)) and any(u in h.adapters for u in used)]
+    if other:
+        raise NotImplementedError(f"route() mixes low-rank layer adapters only, not the adapters at {other[0]}; "
+                                  "use set_adapter")
+    unroutable = sorted({n for w in wrappers for n in used if n in w.adapters and w.adapters[n].route_factors() is None})
+    if unroutable:
+        method = methods.for_config(configs[unroutable[0]]).name
+        raise NotImplementedError(f"route() mixes plain LoRA adapters only; {unroutable[0]!r} ({method}"
+                                  f"{', DoRA' if getattr(configs[unroutable[0]], 'use_dora', False) else ''}) "
+                                  "cannot be split by row; use set_adapter")
+    saved_to = [m for _, m in found if isinstance(m, ModulesToSave)]
     if any(n in m.copies for m in saved_to for n in used) and len(set(names_per_row)) > 1:
         raise NotImplementedError("route() cannot mix an adapter that has modules_to_save; use set_adapter")
     only = names_per_row[0] if len(set(names_per_row)) == 1 else None
@@ -128,13 +85,13 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
 
 def routable(model: nn.Module, adapter_name: Optional[str]) -> bool:
     """Whether `route` can put rows of `adapter_name` (None: the base) in a batch with other adapters'
-    rows: a plain LoRA adapter (not DoRA, VeRA or AdaLoRA) with no modules_to_save copies."""
+    rows: a plain LoRA adapter (not DoRA, VeRA, AdaLoRA, IA³, bottleneck or virtual tokens) with no
+    modules_to_save copies."""
     if adapter_name is None:
         return True
-    for _, holder in _holders(model):
-        adapter = holder.adapters[adapter_name] if adapter_name in holder.adapters else None
-        if adapter is not None and (isinstance(holder, ModulesToSave) or type(adapter) is not LoraAdapter
-                                    or adapter.dora is not None):
+    for _, holder in holders(model):
+        if adapter_name in holder.adapters and (not isinstance(holder, LayerWrapper)
+                                                or holder.adapters[adapter_name].route_factors() is None):
             return False
     return True
 
@@ -154,26 +111,26 @@ class _Stacks(NamedTuple):
     b_cat: torch.Tensor  # (n · r_max, out): a view of b[1:]
 
 
-def _stacks(wrapper: LoraWrapper) -> _Stacks:
+def _stacks(wrapper: LayerWrapper) -> _Stacks:
     """The wrapper's plain LoRA adapters stacked (see `_Stacks`), cached on the wrapper.
 
     The cache key changes whenever an adapter is added, removed, replaced or modified in place
     (tensor version counters), so a stale stack is never used.
     """
-    plain = [(n, a) for n, a in wrapper.adapters.items() if type(a) is LoraAdapter and a.dora is None]
-    key = tuple((n, id(a), a.scaling, t.data_ptr(), t._version) for n, a in plain for t in (a.lora_A, a.lora_B))
+    plain = [(n, f) for n, a in wrapper.adapters.items() for f in [a.route_factors()] if f is not None]
+    key = tuple((n, s, id(t), t.data_ptr(), t._version) for n, (a, b, s) in plain for t in (a, b))
     hit = wrapper.__dict__.get("route_stacks")
     if hit is not None and hit[0] == key:
         return hit[1]
-    like = plain[0][1].lora_A
-    r_max = max(a.r for _, a in plain)
+    like = plain[0][1][0]
+    r_max = max(a.shape[0] for _, (a, _, _) in plain)
     n_in, n_out = wrapper.in_features, wrapper.out_features
     a_stack = torch.zeros(len(plain) + 1, n_in, r_max, dtype=like.dtype, device=like.device)
     b_stack = torch.zeros(len(plain) + 1, r_max, n_out, dtype=like.dtype, device=like.device)
     with torch.no_grad():
-        for i, (_, a) in enumerate(plain, start=1):
-            a_stack[i, :, : a.r] = a.lora_A.T
-            b_stack[i, : a.r, :] = a.lora_B.T * a.scaling
+        for i, (_, (a, b, scaling)) in enumerate(plain, start=1):
+            a_stack[i, :, : a.shape[0]] = a.T
+            b_stack[i, : a.shape[0], :] = b.T * scaling
     a_cat = a_stack[1:].permute(1, 0, 2).reshape(n_in, -1).contiguous()
     stacks = _Stacks(tuple(n for n, _ in plain), a_stack, b_stack, a_cat, b_stack[1:].reshape(-1, n_out))
     wrapper.__dict__["route_stacks"] = (key, stacks)
@@ -190,9 +147,9 @@ adapter per row. Longer rows (prefill) use the gather and batched matmul."""
 class _RowDelta:
     """Per-row adapter update for one wrapper: `(x, y) -> y + delta`, x (b, ..., in), y (b, ..., out)."""
 
-    def __init__(self, wrapper: LoraWrapper, stacks: _Stacks, rows: torch.Tensor):
+    def __init__(self, wrapper: LayerWrapper, stacks: _Stacks, rows: torch.Tensor):
         self.stacks = stacks
-        self.embedding = isinstance(wrapper, LoraEmbedding)
+        self.embedding = wrapper.embedding
         self.n_in = wrapper.in_features
         self.rows = rows.to(stacks.a.device)
         self.a_flat = stacks.a.view(-1, stacks.a.shape[-1])  # embeddings: row (slot * n_in + id) is A[:, id]

@@ -46,7 +46,7 @@ def _train(model, ids, steps=8, lr=1e-2):
         loss = model(input_ids=ids, labels=ids).loss + hooks.regularizer(model)
         loss.backward()
         opt.step()
-        hooks.after_backward(model, step)
+        hooks.after_step(model, step)
         opt.zero_grad()
         losses.append(loss.item())
     model.eval()
@@ -235,7 +235,7 @@ def test_allocator_state_round_trip_reproduces_next_step(tmp_path, input_ids):
     for step in range(1, 4):
         hooks.regularizer(model).backward()
         model(input_ids=input_ids, labels=input_ids).loss.backward()
-        hooks.after_backward(model, step)
+        hooks.after_step(model, step)
         model.zero_grad()
     hooks.save(model, tmp_path)
     assert (tmp_path / STATE_FILE).is_file()
@@ -246,7 +246,7 @@ def test_allocator_state_round_trip_reproduces_next_step(tmp_path, input_ids):
     twin_hooks.load(twin, tmp_path)
     for m, h in ((model, hooks), (twin, twin_hooks)):
         m(input_ids=input_ids, labels=input_ids).loss.backward()
-        h.after_backward(m, 4)
+        h.after_step(m, 4)
     assert _kept(twin) == _kept(model) and sum(_kept(model).values()) < 24
     for (_, a), (_, b) in zip(find_adapters(model).items(), find_adapters(twin).items()):
         assert torch.equal(a.mask, b.mask) and torch.equal(a.lora_E, b.lora_E)

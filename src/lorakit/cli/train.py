@@ -29,7 +29,7 @@ def cmd_inspect(args) -> int:
     from ..analysis import describe_adapted, describe_model
     from ..config import load_config
     from ..models import load_causal_lm, load_classifier
-    from ..train.config import RunConfig
+    from ..train.config import RunConfig, Task
     from ..train.prepare import attach_method
 
     overrides, name = list(args.overrides), args.model
@@ -37,13 +37,10 @@ def cmd_inspect(args) -> int:
         overrides, name = [name, *overrides], None
     run = load_config(RunConfig, args.config, overrides, base=None if args.config else {"data": {"train": "-"}})
     name = name or run.model.name
-    model, _ = load_classifier(name) if run.task == "classification" else load_causal_lm(name)
+    model, _ = load_classifier(name) if run.task is Task.CLASSIFICATION else load_causal_lm(name)
     print(describe_model(model))
     names = attach_method(model, run)
-    adapter = run.adapter
-    rank = getattr(adapter, "init_r", None) or adapter.r
-    targets = "the preset targets" if adapter.target_modules is None else repr(adapter.target_modules)
-    what = "full fine-tuning" if run.method == "full" else f"{run.method} r={rank} on {targets}"
+    what = "full fine-tuning" if run.spec is None else f"{run.method} {run.spec.summary(run.adapter)}"
     print(describe_adapted(model, names, what))
     return 0
 

@@ -27,9 +27,10 @@ def cmd_eval(args) -> int:
 
 def cmd_generate(args) -> int:
     from ..inference import classify, generate
+    from ..train.config import Task
 
     trained = load_trained_from_args(args)
-    if trained.task == "classification":
+    if trained.task is Task.CLASSIFICATION:
         label, p = classify(trained, args.prompt)
         print(f"{label}\t{p:.3f}")
         return 0
@@ -41,9 +42,10 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from ..inference import chat_messages, generate
+    from ..train.config import Task
 
     trained = load_trained_from_args(args)
-    if trained.task != "sft":
+    if trained.task is not Task.SFT:
         raise InputError(f"{args.adapter or args.model}: a classifier cannot chat; use lorakit generate")
     print(f"chatting with {trained.adapter_dir or trained.base} — empty line or Ctrl-D to quit, /reset to start over")
     history: list[dict] = []

@@ -1,13 +1,11 @@
 """Adapters on disk, in peft's format: `adapter_config.json` + `adapter_model.safetensors`.
 
-Keys are built from module paths here and only here:
-    base_model.model.<path>.lora_A.weight            (r, in)
-    base_model.model.<path>.lora_B.weight            (out, r)
-    base_model.model.<path>.lora_embedding_A         (r, num_embeddings)
-    base_model.model.<path>.lora_embedding_B         (dim, r)
-    base_model.model.<path>.lora_A / lora_E / lora_B  AdaLoRA: (r', in) / (r', 1) / (out, r'), kept triplets only
-    base_model.model.<path>.<param>                  modules_to_save (the trained copy)
-    base_model.model.<path>.base_layer.bias / <path>.bias   biases under bias="all" / "lora_only"
+Keys are built from module paths here: `base_model.model.<path>.<suffix>`, where each adapter
+holder names its suffixes (`saved_tensors`, see tuners/base.py; e.g. LoRA's `lora_A.weight`, a
+`modules_to_save` copy's own parameter names), plus the tensors a method keeps outside the layers
+(`Method.model_tensors`, e.g. VeRA's `base_model.vera_A`) and the biases under `bias`
+(`<path>.base_layer.bias` for a wrapped layer, `<path>.bias` otherwise). The method is found from
+`peft_type` in the registry (`lorakit.methods`).
 Loading checks the key set and every shape before copying anything: a mismatch is one error
 listing what is missing, unexpected or wrongly shaped, and the model is left as it was.
 An adapter trained on a quantized base (QLoRA) also gets `base_quantization.json` (lorakit's own
@@ -18,20 +16,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..config import CONFIG_TYPES, LoraConfig
-from ..inject import adapter_configs, bias_parameters, candidate_modules, inject, mark_trainable
-from ..quant import quant_spec
-from ..routing import delete_adapter, set_adapter
-from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper, ModulesToSave
-from ..tuners.vera import shared_projection
+from .. import methods
+from ..config import InitKind, LoraConfig
 from ..errors import InputError
+from ..inject import inject
+from ..quant import quant_spec
+from ..state import adapter_configs, bias_parameters, delete_adapter, holders, mark_trainable, set_adapter
+from ..targets import candidate_modules
+from ..tuners.base import Kind, ModulesToSave
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -50,31 +48,21 @@ class AdapterFormatError(InputError):
 def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """On-disk key → live tensor for everything `adapter_name` saves."""
     out: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraWrapper) and adapter_name in module.adapters:
-            a = module.adapters[adapter_name]
-            if not isinstance(a, LoraAdapter):
-                out.update({f"{PREFIX}{name}.{k}": t for k, t in a.saved_tensors().items()})
-                continue
-            if isinstance(module, LoraEmbedding):
-                out[f"{PREFIX}{name}.lora_embedding_A"] = a.lora_A
-                out[f"{PREFIX}{name}.lora_embedding_B"] = a.lora_B
-            else:
-                out[f"{PREFIX}{name}.lora_A.weight"] = a.lora_A
-                out[f"{PREFIX}{name}.lora_B.weight"] = a.lora_B
-            if a.dora is not None:
-                out[f"{PREFIX}{name}.lora_magnitude_vector"] = a.dora.magnitude
-        elif isinstance(module, ModulesToSave) and adapter_name in module.copies:
-            for key, t in module.copies[adapter_name].state_dict(keep_vars=True).items():
-                out[f"{PREFIX}{name}.{key}"] = t
-    config = adapter_configs(model)[adapter_name]
-    projection = shared_projection(model, adapter_name)
-    if projection is not None and config.save_projection:
-        out["base_model.vera_A"], out["base_model.vera_B"] = projection.vera_A, projection.vera_B
-    bias_mode = config.bias
-    for key, t in bias_parameters(model, bias_mode).items():
+    for name, holder in holders(model):
+        if adapter_name in holder.adapters:
+            out.update({f"{PREFIX}{name}.{k}": t for k, t in holder.saved_tensors(adapter_name).items()})
+    model_tensors = methods.for_config(adapter_configs(model)[adapter_name]).model_tensors
+    if model_tensors is not None:
+        out.update(model_tensors(model, adapter_name))
+    for key, t in bias_parameters(model, adapter_configs(model)[adapter_name].bias_mode).items():
         out[PREFIX + key.replace(".base.bias", ".base_layer.bias")] = t
     return out
+
+
+def _loadable_extras(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """On-disk key → live tensor that peft may write besides `adapter_tensors` (copied when present)."""
+    return {f"{PREFIX}{name}.{k}": t for name, holder in holders(model) if adapter_name in holder.adapters
+            for k, t in holder.loadable_extras(adapter_name).items()}
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
@@ -131,10 +119,11 @@ def read_base_quantization(path: str | os.PathLike) -> Optional[dict]:
 
 
 def _pissa_as_lora(tensors: dict, config: LoraConfig, initial_dir) -> tuple[dict, LoraConfig]:
-    from ..tuners.pissa import converted_tensors, doubled_alpha, pissa_niter
+    from ..tuners.pissa import converted_tensors, doubled_alpha
 
-    if pissa_niter(config.init_lora_weights) is False:
-        raise ValueError(f"convert_pissa_to_lora: adapter was initialised with {config.init_lora_weights!r}, not PiSSA")
+    if not isinstance(config, LoraConfig) or config.init.kind is not InitKind.PISSA:
+        raise ValueError(f"convert_pissa_to_lora: adapter was initialised with "
+                         f"{getattr(config, 'init_lora_weights', None)!r}, not PiSSA")
     initial = read_weights(initial_dir)
     tensors = {k: t.contiguous() for k, t in converted_tensors(tensors, initial).items()}
     rs = config.use_rslora
@@ -145,36 +134,29 @@ def _pissa_as_lora(tensors: dict, config: LoraConfig, initial_dir) -> tuple[dict
     ))
 
 
-def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path: Optional[str] = None) -> LoraConfig:
-    """The adapter's config with targets and rank/alpha overrides spelled out as peft will match them."""
+def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path: Optional[str] = None):
+    """The adapter's config with targets (and the method's derived fields) spelled out as peft will match them."""
     config = adapter_configs(model)[adapter_name]
-    adapted = {n: m.adapters[adapter_name] for n, m in model.named_modules()
-               if isinstance(m, LoraWrapper) and adapter_name in m.adapters}
-    leaves = {n.rsplit(".", 1)[-1] for n in adapted}
-    others = [n for n in candidate_modules(model) if n not in adapted and n.rsplit(".", 1)[-1] in leaves]
-    targets = sorted(leaves) if not others else sorted(adapted)
-    saved = [n for n, m in model.named_modules() if isinstance(m, ModulesToSave) and adapter_name in m.copies]
+    method = methods.for_config(config)
+    saved = [n for n, m in holders(model) if isinstance(m, ModulesToSave) and adapter_name in m.adapters]
     name_or_path = base_model_name_or_path or config.base_model_name_or_path or _model_name_or_path(model)
-    update = dict(
-        target_modules=targets, exclude_modules=None, layers_to_transform=None, layers_pattern=None,
-        modules_to_save=saved or None,
-        base_model_name_or_path=name_or_path, task_type=config.task_type or _task_type(model),
-        fan_in_fan_out=any(getattr(model.get_submodule(n), "fan_in_fan_out", False) for n in adapted),
-    )
-    if isinstance(config, LoraConfig):
-        update["rank_pattern"] = {n: a.r for n, a in adapted.items() if a.r != config.r}
-        update["alpha_pattern"] = {n: a.alpha for n, a in adapted.items() if a.alpha != config.lora_alpha}
-    elif hasattr(config, "rank_pattern"):  # AdaLoRA: masks of the kept triplets, once pruned
-        masks = {f"{n}.lora_E": a.kept_mask() for n, a in adapted.items()}
-        update["rank_pattern"] = masks if any(not all(m) for m in masks.values()) else config.rank_pattern
-        if config.total_step is None:
-            warnings.warn("AdaLoRA adapter saved without total_step: peft refuses to load it; set "
-                          "AdaLoraConfig.total_step (training_hooks and the trainer fill it in)", stacklevel=3)
+    update = dict(modules_to_save=saved or None, base_model_name_or_path=name_or_path,
+                  task_type=config.task_type or _task_type(model))
+    adapted = {n: h.adapters[adapter_name] for n, h in holders(model)
+               if adapter_name in h.adapters and not isinstance(h, ModulesToSave)}
+    if method.kind is Kind.LAYERS and "target_modules" in type(config).model_fields:
+        leaves = {n.rsplit(".", 1)[-1] for n in adapted}
+        others = [n for n in candidate_modules(model) if n not in adapted and n.rsplit(".", 1)[-1] in leaves]
+        update.update(target_modules=sorted(leaves) if not others else sorted(adapted), exclude_modules=None,
+                      layers_to_transform=None, layers_pattern=None,
+                      fan_in_fan_out=any(getattr(model.get_submodule(n), "fan_in_fan_out", False) for n in adapted))
+    if method.saved_config is not None:
+        update.update(method.saved_config(config, adapted))
     return config.model_copy(update={k: v for k, v in update.items() if k in type(config).model_fields})
 
 
-def read_config(path: str | os.PathLike) -> LoraConfig:
-    """Read and validate `adapter_config.json` in `path` (lorakit- or peft-written)."""
+def read_config(path: str | os.PathLike):
+    """Read and validate `adapter_config.json` in `path` (lorakit- or peft-written), as its method's config class."""
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise AdapterFormatError(f"{file}: not found (is {path} an adapter directory?)")
@@ -182,12 +164,15 @@ def read_config(path: str | os.PathLike) -> LoraConfig:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise AdapterFormatError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise AdapterFormatError(f"{file}: expected a JSON object")
     peft_type = data.get("peft_type", "LORA")
-    if peft_type not in CONFIG_TYPES:
+    method = methods.for_peft_type(peft_type)
+    if method is None:
         raise AdapterFormatError(f"{file}: peft_type {peft_type!r} is not supported by load_adapter "
-                                 f"(expected one of {sorted(CONFIG_TYPES)})")
+                                 f"(expected one of {sorted(m.peft_type for m in methods.METHODS.values())})")
     try:
-        return CONFIG_TYPES[peft_type].from_peft_dict(data, source=str(file))
+        return method.config.from_peft_dict(data, source=str(file))
     except ValueError as e:
         raise AdapterFormatError(f"{file}: {_first_error(e)}") from None
 
@@ -225,8 +210,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     config = read_config(path)
     weights = read_weights(path, allow_pickle)
     config = _drop_absent_modules_to_save(model, config)
-    fresh = {k: True for k in ("init_lora_weights", "init_weights") if k in type(config).model_fields}
-    names = inject(model, config.model_copy(update=fresh), adapter_name)
+    names = inject(model, config.model_copy(update=dict(methods.for_config(config).load_overrides)), adapter_name)
     try:
         _copy_checked(model, adapter_name, weights, Path(path) / WEIGHTS_NAME)
     except Exception:
@@ -243,12 +227,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
 
 def _copy_checked(model: nn.Module, adapter_name: str, weights: dict, source: Path) -> None:
     expected = adapter_tensors(model, adapter_name)
-    embedding_bases = {f"{PREFIX}{n}.base_layer.weight": m.base.weight for n, m in model.named_modules()
-                       if isinstance(m, LoraEmbedding)}  # peft also saves targeted embeddings' base weights
+    extras = _loadable_extras(model, adapter_name)
     missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected) - set(embedding_bases))
+    unexpected = sorted(set(weights) - set(expected) - set(extras))
     shapes = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(t.shape)}"
-              for k, t in {**expected, **embedding_bases}.items() if k in weights and weights[k].shape != t.shape]
+              for k, t in {**expected, **extras}.items() if k in weights and weights[k].shape != t.shape]
     problems = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
         if items:
@@ -256,12 +239,12 @@ def _copy_checked(model: nn.Module, adapter_name: str, weights: dict, source: Pa
     if problems:
         raise AdapterFormatError(f"{source}: does not fit this model: " + "; ".join(problems))
     with torch.no_grad():
-        for key, t in {**expected, **embedding_bases}.items():
+        for key, t in {**expected, **extras}.items():
             if key in weights:
                 t.copy_(weights[key].to(t.dtype))
 
 
-def _drop_absent_modules_to_save(model: nn.Module, config: LoraConfig) -> LoraConfig:
+def _drop_absent_modules_to_save(model: nn.Module, config):
     """peft writes default heads (e.g. 'classifier', 'score') for a task type whether they exist or not."""
     if not config.modules_to_save:
         return config

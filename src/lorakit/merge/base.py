@@ -8,10 +8,11 @@ from typing import Optional
 
 from torch import nn
 
-from ..inject import _replace, adapter_configs
+from .. import methods
 from ..quant import QUANTIZED_TYPES, to_linear
-from ..routing import _holders, set_adapter
-from ..tuners.lora import LoraWrapper
+from ..state import active_adapter, adapter_configs, forget, holders, replace_module, set_adapter
+from ..tuners.base import Kind
+from ..tuners.layers import LayerWrapper
 
 
 def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool = False) -> nn.Module:
@@ -22,17 +23,18 @@ def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool
     """
     if adapter_name is not None:
         set_adapter(model, adapter_name)
-    for _, holder in _holders(model):
-        if isinstance(holder, LoraWrapper):
-            holder.merge(safe=safe_merge)
+    name = active_adapter(model)
+    if name is not None and methods.for_config(adapter_configs(model)[name]).kind is Kind.VIRTUAL_TOKENS:
+        raise NotImplementedError(f"adapter {name!r} adds virtual tokens: it has no weight update to merge")
+    for _, holder in holders(model):
+        holder.merge(safe=safe_merge)
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
-    """Subtract a merged adapter from the base weights again. Idempotent."""
-    for _, holder in _holders(model):
-        if isinstance(holder, LoraWrapper):
-            holder.unmerge()
+    """Undo a merge: the base weights as they were. Idempotent."""
+    for _, holder in holders(model):
+        holder.unmerge()
     return model
 
 
@@ -46,8 +48,8 @@ def merge_and_unload(model: nn.Module, adapter_name: Optional[str] = None, safe_
     """
     if adapter_name is not None:
         set_adapter(model, adapter_name)
-    for _, holder in _holders(model):
-        if isinstance(holder, LoraWrapper) and holder.active is not None and isinstance(holder.base, QUANTIZED_TYPES):
+    for _, holder in holders(model):
+        if isinstance(holder, LayerWrapper) and holder.active is not None and isinstance(holder.base, QUANTIZED_TYPES):
             holder.base = to_linear(holder.base)
     merge(model, None, safe_merge)
     return _unwrap(model, keep_trained_copies=True)
@@ -60,13 +62,8 @@ def unload(model: nn.Module) -> nn.Module:
 
 
 def _unwrap(model: nn.Module, keep_trained_copies: bool) -> nn.Module:
-    for name, holder in _holders(model):
-        if isinstance(holder, LoraWrapper):
-            _replace(model, name, holder.base)
-        else:
-            keep = holder.active if keep_trained_copies and holder.active is not None else holder.original
-            _replace(model, name, keep)
-    adapter_configs(model).clear()
-    model.__dict__.pop("lorakit_active", None)
+    for name, holder in holders(model):
+        replace_module(model, name, holder.unwrap(keep_trained_copies))
+    forget(model)
     return model
 

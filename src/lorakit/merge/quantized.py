@@ -27,8 +27,8 @@ from torch import nn
 
 from ..io import load_adapter, read_base_quantization, read_config
 from ..quant import dequantize, quantizable_linears, quantized_linear_class
-from ..routing import _holders, set_adapter
-from ..tuners.lora import LoraAdapter, LoraWrapper
+from ..state import holders, set_adapter
+from ..tuners.layers import LayerWrapper
 from .base import merge_and_unload
 from ..errors import InputError
 
@@ -39,17 +39,16 @@ def merge_dequantized(model: nn.Module, adapter_name: Optional[str] = None) -> t
     """Merge `adapter_name` (default: the active adapter) and dequantize every quantized linear.
 
     Returns (plain full-precision model with the base's original state-dict keys,
-    {merged module name: ||ΔW||_F}) — the norms are None for adapters without a plain low-rank ΔW.
+    {merged module name: ||W' − W||_F}, the change the merge makes to each layer's weight).
     """
     if adapter_name is not None:
         set_adapter(model, adapter_name)
     norms = {}
-    for name, holder in _holders(model):
-        if isinstance(holder, LoraWrapper) and holder.active is not None:
-            adapter = holder.active
-            plain = type(adapter) is LoraAdapter and adapter.dora is None
+    for name, holder in holders(model):
+        if isinstance(holder, LayerWrapper) and holder.active is not None:
             with torch.no_grad():
-                norms[name] = float(adapter.delta_weight(torch.float32).norm()) if plain else None
+                w = holder.weight_out_in().float()
+                norms[name] = float((holder.active.merged_weight(holder, w) - w).norm())
     model = merge_and_unload(model)
     dequantize(model)
     return model, norms

@@ -6,14 +6,14 @@ YAML → dict → dotted overrides → `RunConfig` (unknown key: an error naming
 """
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ..config import AdaLoraConfig, LoraConfig, VeraConfig
+from ..methods import METHODS, Method
 from ..models import DEFAULT_CAUSAL_LM
-from ..tuners.pissa import pissa_niter
 
 
 class _Section(BaseModel):
@@ -63,35 +63,28 @@ class EvalSection(_Section):
     generate: bool = Field(True, description="Measure exact match of greedy generations (chat data).")
 
 
-ADAPTER_SECTIONS = ("lora", "adalora", "vera")
-"""Methods that train an adapter; each has a config section of the same name."""
+class Task(str, enum.Enum):
+    """What a run trains (`task:`)."""
+
+    SFT = "sft"  # instruction / chat SFT of a causal LM
+    CLASSIFICATION = "classification"  # sequence classification (a head on an encoder or decoder)
 
 
-class RunConfig(_Section):
-    task: Literal["sft", "classification"] = Field("sft", description="Instruction SFT or sequence classification.")
-    method: Literal["lora", "adalora", "vera", "full"] = Field(
-        "lora", description="LoRA and its variants DoRA, rsLoRA, PiSSA (`lora:` section), AdaLoRA (`adalora:`: "
-        "ranks reallocated while training), VeRA (`vera:`), or full fine-tuning (the baseline).")
-    model: ModelSection = Field(default_factory=ModelSection)
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Used with method: lora (peft's field names).")
-    adalora: AdaLoraConfig = Field(
-        default_factory=AdaLoraConfig,
-        description="Used with method: adalora. total_step left unset: the trainer's step count.")
-    vera: VeraConfig = Field(default_factory=VeraConfig, description="Used with method: vera (peft's field names).")
-    data: DataSection
-    train: TrainSection = Field(default_factory=TrainSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
-    output_dir: str = Field("runs/latest", description="Where adapters, checkpoints and logs go.")
+FULL = "full"
+"""`method: full`: full fine-tuning, the baseline (no adapter, every weight trains)."""
+
+
+class _RunChecks(_Section):
+    """The whole-run checks and accessors of `RunConfig` (its fields are built from the method registry)."""
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.task == "classification" and self.data.format not in (None, "classification"):
+        if self.task is Task.CLASSIFICATION and self.data.format not in (None, "classification"):
             raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
-        if self.method == "lora" and self.lora.use_dora and pissa_niter(self.lora.init_lora_weights) is not False:
-            raise ValueError("lora.init_lora_weights: PiSSA with use_dora cannot be converted to an adapter for the "
-                             "original base after training; use one or the other")
-        for section in ADAPTER_SECTIONS:
-            if section == self.method or (section == "lora" and self.method == "full"):
+        if self.spec is not None and self.spec.check_run is not None:
+            self.spec.check_run(self.adapter)
+        for section in METHODS:
+            if section == self.method or (section == "lora" and self.method == FULL):
                 continue  # (full ignores `lora:`, as it always did)
             if getattr(self, section) != type(self).model_fields[section].default_factory():
                 raise ValueError(f"`{section}:` settings are given but method is {self.method!r}; "
@@ -99,10 +92,40 @@ class RunConfig(_Section):
         return self
 
     @property
-    def adapter(self) -> LoraConfig | AdaLoraConfig | VeraConfig:
+    def spec(self) -> Optional[Method]:
+        """The registry record of `method` (None for full fine-tuning)."""
+        return METHODS.get(self.method)
+
+    @property
+    def adapter(self):
         """The adapter config of the method: its section of the config (`lora:` for full, unused)."""
-        return getattr(self, self.method if self.method in ADAPTER_SECTIONS else "lora")
+        return getattr(self, self.method if self.method in METHODS else "lora")
 
     @property
     def out(self) -> Path:
         return Path(self.output_dir)
+
+
+def _method_help() -> str:
+    return ("The PEFT method, each with its own section of the same name: "
+            + ", ".join(f"{name} ({m.config.__name__})" for name, m in METHODS.items())
+            + "; or full (full fine-tuning, the baseline).")
+
+
+RunConfig = create_model(
+    "RunConfig", __base__=_RunChecks, __module__=__name__,
+    task=(Task, Field(Task.SFT, description="Instruction SFT or sequence classification.")),
+    method=(Literal[(*METHODS, FULL)], Field("lora", description=_method_help())),
+    model=(ModelSection, Field(default_factory=ModelSection)),
+    **{name: (m.config, Field(default_factory=m.config, description=f"Used with method: {name} "
+                              f"({m.config.__name__}; peft's field names)."))
+       for name, m in METHODS.items()},
+    data=(DataSection, ...),
+    train=(TrainSection, Field(default_factory=TrainSection)),
+    eval=(EvalSection, Field(default_factory=EvalSection)),
+    output_dir=(str, Field("runs/latest", description="Where adapters, checkpoints and logs go.")),
+)
+RunConfig.__doc__ = """A whole run: task, method, model, the method's section, data, train, eval, output_dir.
+
+Built from the method registry: every `lorakit.methods.METHODS` entry adds its `method:` value and
+its config section."""

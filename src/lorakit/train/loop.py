@@ -20,20 +20,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..io import save_adapter
-from ..tuners import adalora
-from ..tuners.pissa import pissa_niter
+from ..tuners.base import NO_HOOKS, TrainingHooks
 from . import checkpoint
-from .config import RunConfig
+from .config import RunConfig, Task
 from .evaluate import EvalResult, score
 from .losses import count_targets
 from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
 from .prepare import Prepared, prepare
 from .schedule import build_scheduler
-
-
-PISSA_INITIAL = "pissa_initial"
-"""Under output_dir: a PiSSA adapter as initialised, from which the shipped adapter is converted."""
 
 
 class TrainingError(RuntimeError):
@@ -58,7 +53,7 @@ def evaluate(run: Prepared, config: RunConfig, generate: bool = True) -> EvalRes
     if run.eval_batches is None:
         return EvalResult()
     conversations = run.eval_conversations if generate and config.eval.generate else None
-    return score(run.model, lambda: _one_epoch(run.eval_batches), run.loss_sum, config.task == "classification",
+    return score(run.model, lambda: _one_epoch(run.eval_batches), run.loss_sum, config.task is Task.CLASSIFICATION,
                  run.tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch_size)
 
 
@@ -72,16 +67,14 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(out)}")
     run = run or prepare(config)
     model, tc = run.model, config.train
-    if _is_pissa(config):  # before any update (and before a resume restores the trained factors)
-        save_adapter(model, out / PISSA_INITIAL, base_model_name_or_path=config.model.name)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, loraplus_lr_ratio=tc.loraplus_lr_ratio)
     total = tc.steps or max(1, math.ceil(tc.epochs * len(run.train_batches) / tc.grad_accum))
     scheduler = build_scheduler(optimizer, total, tc.warmup_steps, tc.schedule)
-    # AdaLoRA adapters: the orthogonality penalty joins the loss, and ranks are reallocated after every step.
-    adaptive = adalora.training_hooks(model, total_step=total) if adalora.find_adapters(model) else None
+    hooks = _hooks(model, config, total)  # the method's extras: loss terms, per-step work (e.g. AdaLoRA's ranks)
+    hooks.start(model, out, lambda d: save_adapter(model, d, base_model_name_or_path=config.model.name))
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     result = TrainResult(out, total)
@@ -93,8 +86,7 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         state = checkpoint.restore(found, model, optimizer, scheduler)
         run.train_batches.load_state_dict(state["batches"])
         start = state["step"]
-        if adaptive is not None:
-            adaptive.load(model, found)
+        hooks.load(model, found)
     log = MetricsLog(out, resume=resume, until_step=start)
     stream = _forever(run.train_batches)
     fault_step = int(os.environ.get("LORAKIT_FAULT_AFTER_STEP", "0"))  # tests: simulate a kill
@@ -108,8 +100,9 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         loss_total = 0.0
         for batch in micro:
             loss = run.loss_sum(model, batch) / max(n_targets, 1)
-            if adaptive is not None:
-                loss = loss + adaptive.regularizer(model) / len(micro)
+            extra = hooks.regularizer(model)
+            if extra is not None:
+                loss = loss + extra / len(micro)
             loss.backward()
             loss_total += float(loss.detach())
             tokens_seen += _real_tokens(batch)
@@ -123,8 +116,7 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         lr = optimizer.param_groups[0]["lr"]  # the lr of this step; scheduler.step() sets the next one
         optimizer.step()
         scheduler.step()
-        if adaptive is not None:
-            adaptive.after_backward(model, step)  # reads this step's grads, so before zero_grad
+        hooks.after_step(model, step)  # may read this step's grads, so before zero_grad
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(loss_total)
         result.target_tokens += n_targets
@@ -151,7 +143,7 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         if (tc.save_every and step % tc.save_every == 0) or last_step or result.stopped_early:
             state["batches"] = run.train_batches.state_dict()
             checkpoint.save(out, step, model, optimizer, scheduler, state,
-                            lambda d: _write_artifacts(run, config, d, adaptive), tc.keep_last)
+                            lambda d: _write_artifacts(run, config, d, hooks, checkpointing=True), tc.keep_last)
         if fault_step and step == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if result.stopped_early:
@@ -161,37 +153,37 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     result.seconds = time.perf_counter() - t0
     if result.stopped_early and result.final_eval is not None and run.eval_conversations:
         result.final_eval = evaluate(run, config)
-    result.adapter_dir = _write_artifacts(run, config, out)
+    result.adapter_dir = _write_artifacts(run, config, out, hooks)
     log.close()
     plot_loss(log.rows(), out / "loss_curve.png")
     return result
 
 
-def _write_artifacts(run: Prepared, config: RunConfig, directory: Path,
-                     adaptive: Optional[adalora.AdaLoraHooks] = None) -> Path:
-    """The adapter (LoRA) or the whole model (full fine-tuning), plus the resolved config
-    (and, in checkpoints, AdaLoRA's allocator state)."""
+def _hooks(model, config: RunConfig, total: int) -> TrainingHooks:
+    """The training hooks of the run's method (none for full fine-tuning or a method without hooks)."""
+    spec = config.spec
+    hooks = spec.hooks(model, "default", total) if spec is not None and spec.hooks is not None else None
+    return hooks or NO_HOOKS
+
+
+def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: TrainingHooks,
+                     checkpointing: bool = False) -> Path:
+    """The adapter (an adapter method) or the whole model (full fine-tuning), plus the resolved config
+    (and, in checkpoints, the method's training state, e.g. AdaLoRA's allocator)."""
     directory = Path(directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    if adaptive is not None:
-        adaptive.save(run.model, directory)
-    if config.method == "full":
+    if checkpointing:
+        hooks.save(run.model, directory)
+    if config.spec is None:
         target = directory / "model"
         run.model.save_pretrained(target)
         run.tokenizer.save_pretrained(target)
         return target
-    # PiSSA trains against a residual base; what is shipped is the rank-2r LoRA for the original base
-    # that adapter_config.json names (see tuners/pissa.py).
-    initial = config.out / PISSA_INITIAL if _is_pissa(config) else None
     adapter = save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name,
-                           convert_pissa_to_lora=initial)
+                           **hooks.save_options(config.out))
     if run.labels is not None:  # a classifier's label names, index = class id (read by lorakit eval)
         (Path(adapter) / "labels.json").write_text(json.dumps(run.labels))
     return adapter
-
-
-def _is_pissa(config: RunConfig) -> bool:
-    return config.method == "lora" and pissa_niter(config.lora.init_lora_weights) is not False
 
 
 def _real_tokens(batch: dict) -> int:

@@ -2,7 +2,7 @@
 
 LoRA+ (Hayou et al., 2024): B should learn faster than A; B (and the embedding B) get
 lr × `loraplus_lr_ratio`, A gets lr, an embedding's A gets `loraplus_lr_embedding`.
-LoRA factors are found by type (LoraAdapter), never by parameter names.
+Parameters are found through the adapter protocol (`optimizer_roles`), never by parameter names.
 """
 from __future__ import annotations
 
@@ -11,23 +11,19 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper
 from ..errors import InputError
+from ..tuners.layers import layer_wrappers
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, loraplus_lr_ratio: Optional[float] = None,
                  loraplus_lr_embedding: float = 1e-6) -> list[dict]:
     """AdamW groups: (lr, decay) per kind of trainable parameter; empty groups dropped."""
-    b_ids, emb_a_ids = set(), set()
-    for module in model.modules():
-        if not isinstance(module, LoraWrapper):
-            continue
-        for adapter in module.adapters.values():
-            if not isinstance(adapter, LoraAdapter):  # VeRA / AdaLoRA adapters: every parameter at lr
-                continue
-            b_ids.add(id(adapter.lora_B))
-            if isinstance(module, LoraEmbedding):
-                emb_a_ids.add(id(adapter.lora_A))
+    roles: dict[str, set[int]] = {"lora_B": set(), "embedding_A": set()}
+    for _, layer in layer_wrappers(model):
+        for adapter in layer.adapters.values():
+            for role, params in adapter.optimizer_roles(layer).items():
+                roles.setdefault(role, set()).update(id(p) for p in params)
+    b_ids, emb_a_ids = roles["lora_B"], roles["embedding_A"]
     groups: dict[str, dict] = {}
 
     def add(key: str, p: nn.Parameter, group_lr: float, decay: float) -> None:

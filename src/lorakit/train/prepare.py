@@ -19,11 +19,12 @@ from ..data.formats import Dataset, load_dataset
 from ..data.io import DataError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
 from ..models import load_causal_lm, load_classifier
-from .config import RunConfig
+from .config import RunConfig, Task
 from .losses import causal_lm_loss_sum, classification_loss_sum
 
-LOSSES: dict[str, Callable] = {"sft": causal_lm_loss_sum, "classification": classification_loss_sum}
-DATA_KINDS = {"sft": ("chat", "text"), "classification": ("classification",)}
+LOSSES: dict[Task, Callable] = {Task.SFT: causal_lm_loss_sum, Task.CLASSIFICATION: classification_loss_sum}
+DATA_KINDS = {Task.SFT: ("chat", "text"), Task.CLASSIFICATION: ("classification",)}
+PEFT_TASK_TYPES = {Task.SFT: "CAUSAL_LM", Task.CLASSIFICATION: "SEQ_CLS"}
 HEAD_NAMES = ("classifier", "score")
 
 
@@ -65,9 +66,9 @@ def load_data(config: RunConfig) -> Data:
     evals = load_dataset(data_path(config.data.eval, "data.eval"), config.data.format) if config.data.eval else None
     for ds in filter(None, (train, evals)):
         if ds.kind not in DATA_KINDS[config.task]:
-            raise DataError(f"{ds.source}: {ds.kind} data cannot train task {config.task!r}")
+            raise DataError(f"{ds.source}: {ds.kind} data cannot train task {config.task.value!r}")
     labels = None
-    if config.task == "classification":
+    if config.task is Task.CLASSIFICATION:
         label_map = build_label_map([r["label"] for r in train.rows])
         unseen = sorted({str(r["label"]) for r in (evals.rows if evals else [])} - {str(l) for l in label_map})
         if unseen:
@@ -83,7 +84,7 @@ def load_model(config: RunConfig, labels: Optional[list] = None):
     a classifier (small encoders, with a freshly initialised head) is quantized after loading.
     """
     quantization = config.model.quantization
-    if config.task != "classification":
+    if config.task is Task.SFT:
         return load_causal_lm(config.model.name, config.model.dtype, quantization=quantization)
     model, tokenizer = load_classifier(config.model.name, labels, config.model.dtype)
     if quantization:
@@ -102,27 +103,28 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 
 def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
-    """LoRA: inject the adapter (a classifier's head goes to modules_to_save). Full: unfreeze all.
-    Either way, gradient checkpointing is switched on when the config asks for it."""
+    """An adapter method: inject its adapter (a classifier's head goes to modules_to_save). Full: unfreeze
+    all. Either way, gradient checkpointing is switched on when the config asks for it."""
     if config.model.gradient_checkpointing:
         enable_checkpointing(model)
-    if config.method == "full":
+    if config.spec is None:  # full fine-tuning
         for p in model.parameters():
             p.requires_grad_(True)
         return []
-    lora = config.adapter  # LoraConfig or AdaLoraConfig, by method
-    if config.task == "classification" and not lora.modules_to_save:
+    adapter = config.adapter
+    update = {"task_type": adapter.task_type or PEFT_TASK_TYPES[config.task]}
+    if config.task is Task.CLASSIFICATION and not adapter.modules_to_save:
         heads = [h for h in HEAD_NAMES if hasattr(model, h)]
-        lora = lora.model_copy(update={"modules_to_save": heads[:1] or None, "task_type": "SEQ_CLS"})
-    if lora.base_model_name_or_path is None:
-        lora = lora.model_copy(update={"base_model_name_or_path": config.model.name})
-    return inject(model, lora)
+        update["modules_to_save"] = heads[:1] or None
+    if adapter.base_model_name_or_path is None:
+        update["base_model_name_or_path"] = config.model.name
+    return inject(model, adapter.model_copy(update=update))
 
 
 def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
     """Tokenised (train, eval) examples and the encoding stats of each split."""
     def one(ds: Dataset) -> tuple[list, EncodeStats]:
-        if config.task == "classification":
+        if config.task is Task.CLASSIFICATION:
             label_map = {l: i for i, l in enumerate(data.labels)}
             return encode_classification(tokenizer, ds.rows, config.data.max_length, label_map)
         return encode_dataset(tokenizer, ds, config.data.max_length)
@@ -137,7 +139,7 @@ def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
 def batches(config: RunConfig, examples: list, pad_id: int, seed: int, for_eval: bool = False) -> BatchLoader:
     """Token-budget batches: packed rows or length-grouped padded rows (classification: grouped)."""
     budget = max(config.data.max_tokens, max(len(e) for e in examples))
-    if config.data.batching == "packed" and config.task == "sft" and not for_eval:
+    if config.data.batching == "packed" and config.task is Task.SFT and not for_eval:
         return packed_batches(examples, max(config.data.max_length, max(len(e) for e in examples)), budget, pad_id, seed)
     return grouped_batches(examples, budget, pad_id, seed)
 

@@ -4,7 +4,8 @@
     P = lora_B (out, r),  Λ = lora_E (r, 1),  Q = lora_A (r, in),  ranknum = init_r (also after pruning)
 
 Triplet i of a layer is (P[:, i], Λ[i], Q[i]). A fresh adapter has Λ = 0 (the identity) and P, Q ~ N(0, 0.02).
-Training, with `hooks = training_hooks(model)` (see `AdaLoraHooks` for where the calls go):
+Training, with `hooks = training_hooks(model)` (the trainer gets them from `METHOD.hooks`;
+see `lorakit.tuners.base.TrainingHooks` for where the calls go):
 
     importance of every factor entry w:  I = |w · ∂L/∂w|
     smoothed:                            Ī ← β1 Ī + (1 − β1) I,   uncertainty Ū ← β2 Ū + (1 − β2) |I − Ī|
@@ -21,6 +22,7 @@ whatever the optimizer does between allocations. On disk (peft's layout) masked 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -28,15 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import AdaLoraConfig
 from ..errors import InputError
+from ..state import active_adapter, adapter_configs, named_adapters
+from ..targets import wrap_targets
+from .base import Kind, LayerAdapter, Method, TrainingHooks
 
 STATE_FILE = "adalora_state.safetensors"
 """The allocator's state inside a training checkpoint (smoothed scores and masks), for exact resumes."""
 FACTORS = ("lora_A", "lora_E", "lora_B")
 
 
-class AdaLoraAdapter(nn.Module):
-    """One layer's SVD-form update; plugs into the LoRA wrappers like `LoraAdapter`: (..., in) -> (..., out)."""
+class AdaLoraAdapter(LayerAdapter):
+    """One layer's SVD-form update, a `LayerAdapter` (tuners/base.py) in the layer wrappers."""
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float, ranknum: Optional[int] = None,
                  dropout: float = 0.0, init: bool = True, slots: Optional[list[bool]] = None, dtype=None, device=None):
@@ -62,7 +68,10 @@ class AdaLoraAdapter(nn.Module):
         # mask · scaling: multiplies Λ in the forward, so masking costs no extra kernel.
         self.register_buffer("gate", torch.full((r,), self.scaling, **kw), persistent=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.dora = None  # LoraWrapper protocol: no DoRA on AdaLoRA
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lora_A.dtype
 
     def coefficients(self) -> torch.Tensor:
         """Λ ⊙ mask · scaling, shape (r,)."""
@@ -75,8 +84,12 @@ class AdaLoraAdapter(nn.Module):
             a, b, c = a.to(dtype), b.to(dtype), c.to(dtype)
         return (b * c) @ a
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out): P (Λ ⊙ mask · scaling ⊙ Q dropout(x))."""
         return F.linear(F.linear(self.dropout(x), self.lora_A) * self.coefficients(), self.lora_B)
+
+    def forward(self, layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.update(x.to(self.dtype)).to(y.dtype)
 
     @torch.no_grad()
     def set_mask(self, keep: torch.Tensor) -> None:
@@ -95,7 +108,7 @@ class AdaLoraAdapter(nn.Module):
         live = iter(self.mask.tolist())
         return [bool(slot and next(live)) for slot in self.slots]
 
-    def saved_tensors(self) -> dict[str, torch.Tensor]:
+    def saved_tensors(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         """peft's per-layer names; masked triplets are dropped (copies then, else the live parameters)."""
         if bool(self.mask.all()):
             return {"lora_A": self.lora_A, "lora_E": self.lora_E, "lora_B": self.lora_B}
@@ -109,11 +122,10 @@ class AdaLoraAdapter(nn.Module):
         return torch.linalg.matrix_norm(a @ a.T - eye), torch.linalg.matrix_norm(b.T @ b - eye)
 
 
-def build_adapters(model: nn.Module, config, adapter_name: str, wrappers: dict[str, nn.Module]) -> None:
-    """Add an AdaLoraAdapter to every wrapper; a config with a rank_pattern (read from disk) gives pruned sizes."""
-    from .lora import LoraEmbedding
-
-    bad = [n for n, w in wrappers.items() if isinstance(w, LoraEmbedding)]
+def build(model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> list[str]:
+    """An AdaLoraAdapter on every target; a config with a rank_pattern (read from disk) gives pruned sizes."""
+    wrappers = wrap_targets(model, config)
+    bad = [n for n, w in wrappers.items() if w.embedding]
     if bad:
         raise TypeError(f"AdaLoRA adapts Linear-like layers only, not embeddings: {bad}")
     patterns = {key.rsplit(".lora_E", 1)[0]: mask for key, mask in (config.rank_pattern or {}).items()}
@@ -121,19 +133,15 @@ def build_adapters(model: nn.Module, config, adapter_name: str, wrappers: dict[s
         slots = patterns.get(name, [True] * config.init_r)
         if len(slots) != config.init_r:
             raise ValueError(f"rank_pattern[{name}.lora_E] has {len(slots)} entries, expected init_r={config.init_r}")
-        weight = w.base_weight_param()
-        dtype = weight.dtype if weight is not None and weight.is_floating_point() else None
         w.add(adapter_name, AdaLoraAdapter(w.in_features, w.out_features, sum(slots), config.lora_alpha,
                                            config.init_r, config.lora_dropout, config.init_lora_weights, slots,
-                                           dtype=dtype))
+                                           dtype=w.base_dtype()))
+    return list(wrappers)
 
 
 def find_adapters(model: nn.Module, adapter_name: Optional[str] = None) -> dict[str, AdaLoraAdapter]:
     """Module name → AdaLoRA adapter (named `adapter_name`, or any name), found by type."""
-    from .lora import LoraWrapper
-
-    return {n: a for n, m in model.named_modules() if isinstance(m, LoraWrapper)
-            for k, a in m.adapters.items() if isinstance(a, AdaLoraAdapter) and adapter_name in (None, k)}
+    return {n: a for n, a in named_adapters(model, adapter_name) if isinstance(a, AdaLoraAdapter)}
 
 
 class RankAllocator:
@@ -223,14 +231,10 @@ class RankAllocator:
         self.unc = {k[4:]: v for k, v in state.items() if k.startswith("unc.")}
 
 
-class AdaLoraHooks:
-    """What a training loop adds for an AdaLoRA adapter. Per optimizer step:
-
-        loss = task_loss + hooks.regularizer(model)     # (split over micro-batches when accumulating)
-        loss.backward(); optimizer.step()
-        hooks.after_backward(model, step)              # step = 1, 2, ...; before zero_grad: it reads the grads
-        optimizer.zero_grad()
-    """
+class AdaLoraHooks(TrainingHooks):
+    """What a training loop adds for an AdaLoRA adapter: the orthogonality penalty in the loss, the
+    rank allocator after each optimizer step (before zero_grad: it reads the grads), its state in
+    checkpoints."""
 
     def __init__(self, adapter_name: str, config, total_step: int, adapters: dict[str, AdaLoraAdapter]):
         self.adapter_name, self.orth_reg_weight = adapter_name, config.orth_reg_weight
@@ -244,7 +248,7 @@ class AdaLoraHooks:
         terms = [t for a in self.adapters(model).values() for t in a.orthogonality()]
         return self.orth_reg_weight * torch.stack([t.to(terms[0].device) for t in terms]).mean()
 
-    def after_backward(self, model: nn.Module, step: int) -> None:
+    def after_step(self, model: nn.Module, step: int) -> None:
         """Update the importance scores from the current grads and reallocate the budget when due."""
         self.allocator.step(self.adapters(model), step)
 
@@ -276,9 +280,6 @@ def training_hooks(model: nn.Module, adapter_name: Optional[str] = None,
     The schedule length is the adapter config's `total_step`, or `total_step` here when the config
     leaves it unset (it is then written into the config, so saved adapters carry it).
     """
-    from ..inject import adapter_configs  # noqa: PLC0415  (inject imports this module)
-    from ..routing import active_adapter  # noqa: PLC0415
-
     configs = adapter_configs(model)
     name = adapter_name or active_adapter(model)
     adapters = find_adapters(model, name)
@@ -290,3 +291,19 @@ def training_hooks(model: nn.Module, adapter_name: Optional[str] = None,
             raise InputError("AdaLoRA needs total_step (the schedule length): set it in AdaLoraConfig or pass it")
         config = configs[name] = config.model_copy(update={"total_step": total_step})
     return AdaLoraHooks(name, config, config.total_step, adapters)
+
+
+def _saved_config(config: AdaLoraConfig, adapted: dict) -> dict:
+    """peft's rank_pattern: the kept-triplet masks, once pruned; peft refuses files without total_step."""
+    if config.total_step is None:
+        warnings.warn("AdaLoRA adapter saved without total_step: peft refuses to load it; set "
+                      "AdaLoraConfig.total_step (training_hooks and the trainer fill it in)", stacklevel=4)
+    masks = {f"{n}.lora_E": a.kept_mask() for n, a in adapted.items()}
+    return {"rank_pattern": masks if any(not all(m) for m in masks.values()) else config.rank_pattern}
+
+
+METHOD = Method(name="adalora", config=AdaLoraConfig, peft_type="ADALORA", kind=Kind.LAYERS, build=build,
+                summary=lambda c: f"init_r={c.init_r} → target_r={c.target_r} on "
+                                  f"{'the preset targets' if c.target_modules is None else repr(c.target_modules)}",
+                hooks=lambda model, name, total: training_hooks(model, name, total),
+                saved_config=_saved_config, load_overrides={"init_lora_weights": True})

@@ -26,15 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def base_weight_out_in(wrapper: nn.Module) -> torch.Tensor:
-    """The wrapper's base weight as (out, in): transposed for GPT-2 Conv1D and embeddings, dequantized if needed."""
-    base = wrapper.base
-    w = base.dequantize() if hasattr(base, "dequantize") else base.weight
-    if isinstance(base, nn.Embedding) or getattr(wrapper, "fan_in_fan_out", False):
-        return w.T
-    return w
-
-
 class DoraMagnitude(nn.Module):
     """The magnitude vector m (out,) of one DoRA adapter, with the weight-norm bookkeeping."""
 
@@ -68,7 +59,7 @@ class DoraMagnitude(nn.Module):
     @torch.no_grad()
     def _inv_norm(self, wrapper: nn.Module, adapter: nn.Module) -> torch.Tensor:
         """1 / ‖W + ΔW‖ per output row, (out,), fp32: 7 small kernels, no (out, in) temporary."""
-        w = base_weight_out_in(wrapper)
+        w = wrapper.weight_out_in()
         a, b, s = adapter.lora_A, adapter.lora_B, adapter.scaling
         wkey = (w.data_ptr(), w._version)
         if not self.training:
@@ -100,7 +91,7 @@ class DoraMagnitude(nn.Module):
         if self.training and not isinstance(adapter.dropout, nn.Identity):
             c = m * inv
             xa = adapter.dropout(xa)
-            w = base_weight_out_in(wrapper)
+            w = wrapper.weight_out_in()
             base_part = F.linear(xa.to(w.dtype), w).to(c.dtype)
             lora = F.linear(F.linear(xa, adapter.lora_A) * adapter.scaling, adapter.lora_B)
             return y + ((c - 1) * base_part + c * lora).to(y.dtype)
@@ -122,23 +113,20 @@ class DoraMagnitude(nn.Module):
 
     # ---- merging: W' = c ⊙ (W + ΔW), and back ------------------------------------------------
     @torch.no_grad()
-    def merge_delta(self, wrapper: nn.Module, adapter: nn.Module) -> torch.Tensor:
-        """What to add to the base weight (laid out like it) so that it becomes c ⊙ (W + ΔW)."""
-        w = base_weight_out_in(wrapper).float()
+    def merged_weight(self, wrapper: nn.Module, adapter: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        """W' = c ⊙ (W + ΔW) for the (out, in) fp32 base weight W; c is kept for `unmerged_weight`."""
         norm = self.weight_norm(wrapper, adapter)
         self.merged_norm = norm
         c = (self.magnitude.float() / norm).unsqueeze(1)
-        delta = (c - 1) * w + c * adapter.delta_weight().float()
-        return _like_base(wrapper, delta)
+        return c * (w + adapter.delta_weight(torch.float32))
 
     @torch.no_grad()
-    def unmerge_delta(self, wrapper: nn.Module, adapter: nn.Module) -> torch.Tensor:
-        """What to add to the merged base weight W' to get W = W' / c − ΔW back (c as at merge time)."""
-        w = base_weight_out_in(wrapper).float()
+    def unmerged_weight(self, wrapper: nn.Module, adapter: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        """W = W' / c − ΔW (c as at merge time)."""
         c = (self.magnitude.float() / self.merged_norm).unsqueeze(1)
         self.merged_norm = None
         self.invalidate()
-        return _like_base(wrapper, w / c - adapter.delta_weight().float() - w)
+        return w / c - adapter.delta_weight(torch.float32)
 
 
 class _DoraLinear(torch.autograd.Function):
@@ -187,9 +175,3 @@ class _DoraLinear(torch.autograd.Function):
         if need_bias:
             grad_bias = g_sum * (1 - c)
         return grad_y, grad_h, grad_b, grad_m, None, None, grad_bias
-
-
-def _like_base(wrapper: nn.Module, delta_out_in: torch.Tensor) -> torch.Tensor:
-    if isinstance(wrapper.base, nn.Embedding) or getattr(wrapper, "fan_in_fan_out", False):
-        return delta_out_in.T
-    return delta_out_in

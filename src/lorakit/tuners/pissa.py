@@ -19,24 +19,12 @@ Which file to ship after training (`lorakit.save_adapter`):
 from __future__ import annotations
 
 import math
-import re
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .dora import _like_base, base_weight_out_in
 from .svd import split_factors, top_singular
-
-PISSA_INIT = re.compile(r"pissa(?:_niter_(\d+))?")
-
-
-def pissa_niter(init: object) -> Optional[int] | bool:
-    """False if `init` is not a PiSSA option; None for a full SVD; k for 'pissa_niter_k'."""
-    m = PISSA_INIT.fullmatch(init) if isinstance(init, str) else None
-    if m is None:
-        return False
-    return int(m.group(1)) if m.group(1) else None
 
 
 @torch.no_grad()
@@ -45,7 +33,7 @@ def pissa_init(wrapper: nn.Module, adapter: nn.Module, niter: Optional[int] = No
     base = wrapper.base
     if hasattr(base, "dequantize") or isinstance(base, nn.Embedding):
         raise TypeError("PiSSA initialises float Linear / Conv1D layers; quantize the residual model afterwards")
-    w = base_weight_out_in(wrapper)
+    w = wrapper.weight_out_in()
     if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"PiSSA needs a float32/float16/bfloat16 base weight, got {w.dtype}")
     w32 = w.float()
@@ -53,7 +41,7 @@ def pissa_init(wrapper: nn.Module, adapter: nn.Module, niter: Optional[int] = No
     adapter.lora_A.copy_(a.to(adapter.lora_A.dtype))
     adapter.lora_B.copy_(b.to(adapter.lora_B.dtype))
     residual = w32 - adapter.delta_weight(torch.float32)
-    base.weight.data.copy_(_like_base(wrapper, residual).to(base.weight.dtype))
+    base.weight.data.copy_(wrapper.like_base(residual).to(base.weight.dtype))
 
 
 def converted_tensors(trained: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

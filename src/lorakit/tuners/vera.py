@@ -4,9 +4,10 @@
 
 A (r, max_in) and B (max_out, r) are Kaiming-uniform from `torch.Generator().manual_seed(projection_prng_key)`
 (A drawn first, then B, exactly as peft does), so a file without them regenerates the same matrices.
-`VeraAdapter` plugs into the LoRA wrappers (`tuners/lora.py`) like `LoraAdapter`: it provides the
-contribution `forward(x)` and `delta_weight()`; the shared `VeraProjection` is one module referenced
-by every adapter (its buffers are non-persistent; `io.py` saves them once as `base_model.vera_A/B`).
+`VeraAdapter` is a `LayerAdapter` (tuners/base.py) in the layer wrappers; the shared `VeraProjection`
+is one module referenced by every adapter (its buffers are non-persistent; `METHOD.model_tensors`
+saves them once as `base_model.vera_A` / `base_model.vera_B`, peft's keys). Per layer on disk:
+`base_model.model.<path>.vera_lambda_b` (out,) and `.vera_lambda_d` (r,).
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..config import VeraConfig
+from ..state import adapter_configs, holders
+from ..targets import wrap_targets
+from .base import Kind, LayerAdapter, Method
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -34,7 +40,7 @@ class VeraProjection(nn.Module):
         self.register_buffer("vera_B", kaiming_uniform((max_out, r), g), persistent=False)
 
 
-class VeraAdapter(nn.Module):
+class VeraAdapter(LayerAdapter):
     """One layer's VeRA vectors: vera_lambda_d (r,), vera_lambda_b (out,); (..., in) -> (..., out)."""
 
     def __init__(self, projection: VeraProjection, in_features: int, out_features: int, dropout: float = 0.0,
@@ -50,12 +56,11 @@ class VeraAdapter(nn.Module):
                 self.vera_lambda_b.normal_(0.0, 1.0)
                 self.vera_lambda_d.normal_(0.0, 1.0)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.dora = None  # LoraWrapper protocol: no DoRA on VeRA
 
     @property
-    def lora_A(self) -> torch.Tensor:
-        """Dtype probe for the wrapper (inputs are cast to the trained vectors' dtype, as peft does)."""
-        return self.vera_lambda_d
+    def dtype(self) -> torch.dtype:
+        """Inputs are cast to the trained vectors' dtype, as peft does."""
+        return self.vera_lambda_d.dtype
 
     def factors(self, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared matrices sliced to this layer: A (r, in), B (out, r)."""
@@ -72,20 +77,22 @@ class VeraAdapter(nn.Module):
             lb, ld = lb.to(dtype), ld.to(dtype)
         return (lb[:, None] * b) @ (ld[:, None] * a)
 
-    def saved_tensors(self) -> dict[str, torch.Tensor]:
-        """peft's per-layer names for this adapter's tensors (io.py prefixes the module path)."""
+    def saved_tensors(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         return {"vera_lambda_b": self.vera_lambda_b, "vera_lambda_d": self.vera_lambda_d}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out): λ_b ⊙ B (λ_d ⊙ A dropout(x))."""
         a, b = self.factors()
         return self.vera_lambda_b * F.linear(self.vera_lambda_d * F.linear(self.dropout(x), a), b)
 
+    def forward(self, layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.update(x.to(self.dtype)).to(y.dtype)
 
-def build_adapters(model: nn.Module, config, adapter_name: str, wrappers: dict[str, nn.Module]) -> None:
-    """Add a VeraAdapter named `adapter_name` to every wrapper, sharing one projection sized to the largest layer."""
-    from .lora import LoraEmbedding
 
-    bad = [n for n, w in wrappers.items() if isinstance(w, LoraEmbedding)]
+def build(model: nn.Module, config: VeraConfig, adapter_name: str) -> list[str]:
+    """A VeraAdapter on every target, sharing one projection sized to the largest layer; returns the targets."""
+    wrappers = wrap_targets(model, config)
+    bad = [n for n, w in wrappers.items() if w.embedding]
     if bad:
         raise TypeError(f"VeRA adapts Linear-like layers only, not embeddings: {bad}")
     max_in = max(w.in_features for w in wrappers.values())
@@ -93,19 +100,27 @@ def build_adapters(model: nn.Module, config, adapter_name: str, wrappers: dict[s
     projection = VeraProjection(config.r, max_in, max_out, config.projection_prng_key)
     for w in wrappers.values():
         weight = w.base_weight_param()
-        dtype = weight.dtype if weight is not None and weight.is_floating_point() else None
         if weight is not None:
             projection.to(weight.device)
         w.add(adapter_name, VeraAdapter(projection, w.in_features, w.out_features, config.vera_dropout,
-                                        config.d_initial, config.init_weights, dtype=dtype))
+                                        config.d_initial, config.init_weights, dtype=w.base_dtype()))
+    return list(wrappers)
 
 
 def shared_projection(model: nn.Module, adapter_name: str) -> Optional[VeraProjection]:
-    """The projection of adapter `adapter_name` (None if it is not a VeRA adapter)."""
-    from .lora import LoraWrapper
+    """The projection of VeRA adapter `adapter_name` (None if the model has none)."""
+    return next((h.adapters[adapter_name].projection for _, h in holders(model) if adapter_name in h.adapters
+                 and isinstance(h.adapters[adapter_name], VeraAdapter)), None)
 
-    for m in model.modules():
-        if isinstance(m, LoraWrapper) and isinstance(m.adapters[adapter_name] if adapter_name in m.adapters else None,
-                                                     VeraAdapter):
-            return m.adapters[adapter_name].projection
-    return None
+
+def _model_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """The shared projection, once, under peft's keys (unless the config regenerates it from the seed)."""
+    projection = shared_projection(model, adapter_name)
+    if projection is None or not adapter_configs(model)[adapter_name].save_projection:
+        return {}
+    return {"base_model.vera_A": projection.vera_A, "base_model.vera_B": projection.vera_B}
+
+
+METHOD = Method(name="vera", config=VeraConfig, peft_type="VERA", kind=Kind.LAYERS, build=build,
+                summary=lambda c: f"r={c.r} (shared) on {'the preset targets' if c.target_modules is None else c.target_modules!r}",
+                model_tensors=_model_tensors, load_overrides={"init_weights": True})
