@@ -153,7 +153,9 @@ def classify_config(tmp_path, tiny_encoder_dir, classify_files):
         "output_dir": str(tmp_path / "run"),
     }
 
-    def make(*overrides: str) -> RunConfig:
-        return load_config(RunConfig, None, list(overrides), base=json.loads(json.dumps(base)))
+    def make(*overrides: str, drop: tuple[str, ...] = ()) -> RunConfig:
+        """`drop`: top-level sections left out of the base (e.g. "lora" for another method)."""
+        fresh = {k: v for k, v in json.loads(json.dumps(base)).items() if k not in drop}
+        return load_config(RunConfig, None, list(overrides), base=fresh)
 
     return make

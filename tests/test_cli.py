@@ -56,6 +56,33 @@ def test_inspect_counts_what_a_config_trains(tiny_lm_dir, capsys):
     assert "lora r=2 on ['q_proj', 'v_proj']: 2 modules adapted" in out
 
 
+@pytest.mark.parametrize("method, section, expect", [
+    ("ia3", {}, "ia3 vectors on the preset targets: 3 modules adapted"),
+    ("bottleneck", {"placement": "houlsby", "bottleneck_size": 4}, "bottleneck houlsby adapters, width 4: 2 modules"),
+])
+def test_other_methods_train_eval_generate_chat_and_inspect(method, section, expect, tmp_path, sft_config, sft_files,
+                                                             tiny_lm_dir, monkeypatch, capsys):
+    config = sft_config("train.steps=2", f"method={method}", drop=("lora",))
+    data = {**config.model_dump(mode="json"), method: {**getattr(config, method).model_dump(mode="json"), **section}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", str(path)]) == 0
+    adapter = str(config.out / "adapter")
+    assert json.loads((config.out / "adapter" / "adapter_config.json").read_text())["peft_type"] == \
+        {"ia3": "IA3", "bottleneck": "LORAKIT_BOTTLENECK"}[method]
+    capsys.readouterr()
+    assert main(["eval", "--adapter", adapter, "--data", sft_files[1], "--json", "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2
+    assert main(["generate", "--adapter", adapter, "Lunch with Ana on Friday at noon.", "--max-new-tokens", "2"]) == 0
+    replies = iter(["hello", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
+    assert main(["chat", "--adapter", adapter, "--max-new-tokens", "2"]) == 0
+    overrides = [f"{method}.{k}={v}" for k, v in section.items()]
+    capsys.readouterr()
+    assert main(["inspect", str(tiny_lm_dir), f"method={method}", *overrides]) == 0
+    assert expect in capsys.readouterr().out
+
+
 def _one_line_error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -101,6 +101,9 @@ VARIANTS = {
     "vera": ("method=vera", "vera.r=16", "train.lr=5e-2"),
     "adalora": ("method=adalora", "adalora.init_r=6", "adalora.target_r=2", "adalora.tinit=2", "adalora.tfinal=2",
                 "adalora.target_modules=all-linear", "train.lr=5e-2"),
+    "ia3": ("method=ia3", "ia3.target_modules=all-linear", "ia3.feedforward_modules=[down_proj]", "train.lr=0.3",
+            "train.steps=30"),  # 144 scaling entries on this 1-layer, hidden-16 model: slower to move the loss
+    "bottleneck": ("method=bottleneck", "bottleneck.placement=houlsby", "bottleneck.bottleneck_size=8"),
 }
 
 
@@ -250,6 +253,22 @@ def test_classification_with_string_labels_learns_and_saves_its_head(classify_co
 
     base, tokenizer = load_classifier(config.model.name, run.labels)
     assert base.config.id2label == {0: "account", 1: "billing", 2: "shipping", 3: "technical"}
+    lorakit.load_adapter(base, result.adapter_dir)
+    batch = tokenizer(["my card was charged twice", "the app crashes"], padding=True, return_tensors="pt")
+    run.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(base(**batch).logits, run.model(**batch).logits)
+
+
+@pytest.mark.parametrize("method", [("method=ia3", "train.lr=0.1"), ("method=bottleneck", "bottleneck.placement=parallel")])
+def test_classification_trains_other_methods_with_the_head(classify_config, classify_files, method):
+    config = classify_config(*method, "data.eval=" + classify_files[0], drop=("lora",))
+    run = prepare(config)
+    result = train(config, run=run, eval_before=True, quiet=True)
+    # (a random hidden-16 encoder gives these methods little to rescale or add to: the loss is the clear signal)
+    assert result.final_eval.loss < 0.8 * result.first_eval.loss
+    assert result.final_eval.accuracy > result.first_eval.accuracy
+    base, tokenizer = load_classifier(config.model.name, run.labels)
     lorakit.load_adapter(base, result.adapter_dir)
     batch = tokenizer(["my card was charged twice", "the app crashes"], padding=True, return_tensors="pt")
     run.model.eval()
