@@ -6,7 +6,8 @@ Every (library, variant) model is built once; timing rounds are interleaved (eac
 model for `--steps` fwd+bwd steps, in an order rotated every round). Reported: the median step
 time over rounds, and each library's variant / LoRA ratio as the median of per-round ratios (a
 variant against that library's LoRA in the same round, so that drift on a noisy machine cancels).
-r=16 on all linear layers (not the LM head), batch 4×128, fp32 (TF32 on GPU).
+r=16 on all linear layers (not the LM head), batch 4×128, fp32 (TF32 on GPU); IA³ on keys, values and
+the down projection's input (its usual placement; it has no rank).
 An AdaLoRA step also pays for its training extras, in both libraries: the orthogonality penalty in
 the loss and the rank allocation after backward (init_r=16 → target_r=8 over 1000 steps, so every
 timed step is in the pruning phase: importance update and a new mask each step).
@@ -39,6 +40,7 @@ def base_model(device):
 
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+IA3_TARGETS = ["k_proj", "v_proj", "down_proj"]  # the paper's (and peft's) placement: keys, values, FFN input
 
 
 def lorakit_model(variant, device):
@@ -49,6 +51,7 @@ def lorakit_model(variant, device):
         "VeRA": lambda: lorakit.VeraConfig(r=16, target_modules=TARGETS),
         "AdaLoRA": lambda: lorakit.AdaLoraConfig(init_r=16, target_r=8, lora_alpha=32, target_modules=TARGETS,
                                                  total_step=1000),
+        "IA3": lambda: lorakit.IA3Config(target_modules=IA3_TARGETS, feedforward_modules=["down_proj"]),
     }[variant]()
     lorakit.inject(model, cfg)
     if variant == "AdaLoRA":
@@ -66,6 +69,7 @@ def peft_model(variant, device):
         "VeRA": lambda: peft.VeraConfig(r=16, target_modules=TARGETS),
         "AdaLoRA": lambda: peft.AdaLoraConfig(init_r=16, target_r=8, lora_alpha=32, target_modules=TARGETS,
                                               total_step=1000),
+        "IA3": lambda: peft.IA3Config(target_modules=IA3_TARGETS, feedforward_modules=["down_proj"]),
     }[variant]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -95,7 +99,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--variants", default="LoRA,DoRA,VeRA,AdaLoRA")
+    ap.add_argument("--variants", default="LoRA,DoRA,VeRA,AdaLoRA,IA3")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
