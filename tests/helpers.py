@@ -19,6 +19,20 @@ def logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def train_steps(model, ids, steps: int = 8, lr: float = 1e-2) -> list[float]:
+    """`steps` AdamW steps of the causal-LM loss on `ids` over the trainable parameters; the losses."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def peft_from_pretrained(base, path):
     """`peft.PeftModel.from_pretrained(base, path)` in eval mode, peft's version warnings silenced."""
     import warnings

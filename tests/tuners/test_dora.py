@@ -8,7 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 import lorakit
 from helpers import MODEL_FACTORIES, peft_from_pretrained, tiny_gpt2, tiny_llama
-from helpers import logits, randomize_lora_b
+from helpers import logits, randomize_lora_b, train_steps
 from lorakit.tuners.dora import DoraMagnitude
 from lorakit.tuners.lora import LoraAdapter, LoraEmbedding, LoraLinear, lora_wrappers
 
@@ -188,17 +188,8 @@ def test_peft_dora_loads_in_lorakit(arch, tmp_path, input_ids):
 def test_training_lowers_loss(input_ids):
     model = tiny_gpt2()
     lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["c_attn", "c_fc"], use_dora=True))
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert any(p.dim() == 1 for p in params)  # the magnitudes train
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    assert any(p.dim() == 1 for p in model.parameters() if p.requires_grad)  # the magnitudes train
+    losses = train_steps(model, input_ids, lr=1e-2)
     assert losses[-1] < losses[0]
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import lorakit
-from helpers import MODEL_FACTORIES, logits, peft_from_pretrained, tiny_llama
+from helpers import MODEL_FACTORIES, logits, peft_from_pretrained, tiny_llama, train_steps
 from lorakit.tuners.ia3 import IA3Adapter
 from lorakit.tuners.layers import AdaptedLinear, layer_wrappers
 
@@ -69,15 +69,7 @@ def test_only_vectors_train_and_a_few_steps_lower_the_loss(input_ids):
     lorakit.inject(model, lorakit.IA3Config())
     trainable = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"ia3_l"}
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, input_ids, lr=5e-2)
     assert losses[-1] < losses[0]
 
 

@@ -7,7 +7,7 @@ import torch
 
 import lorakit
 from helpers import MODEL_FACTORIES, peft_from_pretrained, tiny_gpt2, tiny_llama
-from helpers import logits
+from helpers import logits, train_steps
 from lorakit.tuners.lora import lora_wrappers
 from lorakit.tuners.vera import VeraAdapter
 
@@ -114,13 +114,5 @@ def test_peft_vera_loads_in_lorakit(arch, save_projection, tmp_path, input_ids):
 def test_training_lowers_loss(input_ids):
     model = tiny_gpt2()
     lorakit.inject(model, lorakit.VeraConfig(r=8, target_modules=TARGETS["gpt2"]))
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, input_ids, lr=5e-2)
     assert losses[-1] < losses[0]

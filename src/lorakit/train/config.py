@@ -72,6 +72,8 @@ class Task(str, enum.Enum):
 
 FULL = "full"
 """`method: full`: full fine-tuning, the baseline (no adapter, every weight trains)."""
+DEFAULT_METHOD = next(iter(METHODS))
+"""The first registered method (LoRA): the default `method:`; full fine-tuning tolerates its section."""
 
 
 class _RunChecks(_Section):
@@ -84,8 +86,8 @@ class _RunChecks(_Section):
         if self.spec is not None and self.spec.check_run is not None:
             self.spec.check_run(self.adapter)
         for section in METHODS:
-            if section == self.method or (section == "lora" and self.method == FULL):
-                continue  # (full ignores `lora:`, as it always did)
+            if section == self.method or (section == DEFAULT_METHOD and self.method == FULL):
+                continue  # (full ignores the default method's section, as it always did)
             if getattr(self, section) != type(self).model_fields[section].default_factory():
                 raise ValueError(f"`{section}:` settings are given but method is {self.method!r}; "
                                  f"set method: {section} or remove them")
@@ -98,8 +100,8 @@ class _RunChecks(_Section):
 
     @property
     def adapter(self):
-        """The adapter config of the method: its section of the config (`lora:` for full, unused)."""
-        return getattr(self, self.method if self.method in METHODS else "lora")
+        """The adapter config of the method: its section of the config (the default method's for full, unused)."""
+        return getattr(self, self.method if self.method in METHODS else DEFAULT_METHOD)
 
     @property
     def out(self) -> Path:
@@ -115,7 +117,7 @@ def _method_help() -> str:
 RunConfig = create_model(
     "RunConfig", __base__=_RunChecks, __module__=__name__,
     task=(Task, Field(Task.SFT, description="Instruction SFT or sequence classification.")),
-    method=(Literal[(*METHODS, FULL)], Field("lora", description=_method_help())),
+    method=(Literal[(*METHODS, FULL)], Field(DEFAULT_METHOD, description=_method_help())),
     model=(ModelSection, Field(default_factory=ModelSection)),
     **{name: (m.config, Field(default_factory=m.config, description=f"Used with method: {name} "
                               f"({m.config.__name__}; peft's field names)."))
