@@ -153,3 +153,75 @@ def test_state_is_a_leaf_and_adapter_modules_import_no_cycle():
     cycles = [(a, b) for a in core for b in core if a < b and reaches(a, b) and reaches(b, a)]
     assert cycles == []
     assert reaches("lorakit.inject", "lorakit.state") and not reaches("lorakit.state", "lorakit.inject")
+
+
+# ---- a virtual-token-kind method: its own holder added to the model, a top-level on-disk key ----------
+class NudgeConfig(PeftFormatConfig):
+    PEFT_TYPE: ClassVar[str] = "LORAKIT_TEST_NUDGE"
+    modules_to_save: Optional[list[str]] = None
+    task_type: Optional[str] = None
+    base_model_name_or_path: Optional[str] = None
+    inference_mode: bool = False
+
+
+class NudgeHolder(lorakit.tuners.base.AdapterHolder):
+    """Adds the active adapter's vector to every input embedding (a stand-in for virtual tokens)."""
+
+    def __init__(self, embeddings: nn.Module):
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.__dict__["hook"] = embeddings.register_forward_hook(self._nudge)
+
+    def _nudge(self, module, args, out):
+        return out if self.active is None else out + self.active.vector
+
+    def unwrap(self, keep_trained):
+        self.hook.remove()
+        return None
+
+
+class Nudge(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.vector = nn.Parameter(torch.zeros(dim))
+
+
+def _build_nudge(model, config, adapter_name):
+    holder = getattr(model, "nudge", None) or NudgeHolder(model.get_input_embeddings())
+    model.nudge = holder
+    holder.add(adapter_name, Nudge(model.config.hidden_size))
+    return ["nudge"]
+
+
+NUDGE = Method(name="nudge", config=NudgeConfig, peft_type="LORAKIT_TEST_NUDGE", kind=Kind.VIRTUAL_TOKENS,
+               build=_build_nudge, summary=lambda c: "nudge",
+               model_tensors=lambda model, name: {"nudge_vector": model.nudge.adapters[name].vector})
+
+
+def test_a_method_with_its_own_holder_and_keys(monkeypatch, tmp_path, input_ids):
+    monkeypatch.setitem(methods.METHODS, "nudge", NUDGE)
+    model = tiny_llama()
+    base = logits(model, input_ids)
+    lorakit.inject(model, NudgeConfig(), "n")
+    with torch.no_grad():
+        model.nudge.adapters["n"].vector.normal_()
+    nudged = logits(model, input_ids)
+    assert not torch.allclose(nudged, base) and [n for n, p in model.named_parameters() if p.requires_grad] == \
+        ["nudge.adapters.n.vector"]
+    with lorakit.disable_adapters(model):
+        torch.testing.assert_close(logits(model, input_ids), base)
+    with pytest.raises(NotImplementedError, match="virtual tokens"):
+        lorakit.merge(model)
+    with pytest.raises(NotImplementedError, match="virtual-token"):
+        with lorakit.route(model, ["n", None]):
+            pass
+    lorakit.save_adapter(model, tmp_path, adapter_name="n")
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "adapter_model.safetensors")) == {"nudge_vector"}
+    fresh = tiny_llama()
+    lorakit.load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(logits(fresh, input_ids), nudged)
+    lorakit.delete_adapter(fresh, "default")
+    assert not hasattr(fresh, "nudge")
+    torch.testing.assert_close(logits(fresh, input_ids), base)  # the hook went with the holder

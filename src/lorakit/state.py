@@ -97,11 +97,15 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
             set_adapter(model, remaining[0])
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put `new` at module path `name` (the model itself cannot be replaced); returns `new`."""
+def replace_module(model: nn.Module, name: str, new: Optional[nn.Module]) -> Optional[nn.Module]:
+    """Put `new` at module path `name` (None: remove the module there; the model itself cannot be
+    replaced); returns `new`."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+    if new is None:
+        delattr(parent, child)
+    else:
+        setattr(parent, child, new)
     return new
 
 

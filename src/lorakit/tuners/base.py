@@ -17,6 +17,18 @@ any number of *named* adapters, at most one of them active. They are what `set_a
 - `tuners.bottleneck.AdapterSite`: bottleneck adapters around an attention output / FFN;
 - a virtual-token method's holder (around the input embedding or the model's forward).
 
+A holder's contract: `adapters` (an nn.ModuleDict, name -> that adapter's module here); a forward
+that behaves exactly as the wrapped module when `self.active` is None (`disable_adapters` sets it
+to None directly, `set_active(name)` to `adapters[name]`); `unwrap(keep_trained)` (the plain module
+to put back: `delete_adapter` of the last adapter, `unload`, `merge_and_unload`; a holder that was
+added to the model rather than wrapped around a module removes its hooks there and returns None, and
+is then deleted); `saved_tensors(name)`
+(suffix -> live tensor, saved as `base_model.model.<holder path>.<suffix>`; return {} and use
+`Method.model_tensors` for keys that are not per module, e.g. peft's top-level `prompt_embeddings`);
+`merge` / `unmerge` (the base class refuses to merge an active adapter, with its name).
+Everything an adapter trains must be a parameter of `adapters[name]`: `mark_trainable` unfreezes
+exactly that, and checkpoints save every parameter that requires grad.
+
 **Layer adapters** (`LayerAdapter`) are the per-layer, per-name parameters inside a
 `LayerWrapper`. Their contract, with x the layer input (..., in) and y = base(x) (..., out):
 - `forward(layer, x, y) -> (..., out)`: the adapted output. An additive method returns
@@ -180,8 +192,9 @@ class AdapterHolder(nn.Module):
     def unmerge(self) -> None:
         pass
 
-    def unwrap(self, keep_trained: bool) -> nn.Module:
-        """The plain module to put back when the adapters are removed (`keep_trained`: after a merge)."""
+    def unwrap(self, keep_trained: bool) -> Optional[nn.Module]:
+        """The plain module to put back when the adapters are removed (`keep_trained`: after a merge);
+        None for a holder added to the model (it is deleted)."""
         raise NotImplementedError
 
     def saved_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
