@@ -39,12 +39,7 @@ LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 BERT_LINEAR = ["query", "key", "value", "dense"]
 
 # name -> (method, section, lr) per task; sections use each method's config fields (peft's names).
-SFT_RUNS: dict[str, tuple[str, dict, float]] = {
-    "LoRA": ("lora", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}, 2e-3),
-    "DoRA": ("lora", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "use_dora": True}, 2e-3),
-    "VeRA": ("vera", {"r": 64, "target_modules": LLAMA_LINEAR}, 1e-2),
-    "AdaLoRA": ("adalora", {"init_r": 16, "target_r": 8, "lora_alpha": 32, "tinit": 4, "tfinal": 6, "deltaT": 2,
-                            "target_modules": "all-linear"}, 2e-3),
+SAME_ON_BOTH: dict[str, tuple[str, dict, float]] = {
     "IA3": ("ia3", {}, 3e-2),
     "Bottleneck houlsby": ("bottleneck", {"placement": "houlsby", "reduction_factor": 16}, 2e-3),
     "Bottleneck pfeiffer": ("bottleneck", {"placement": "pfeiffer", "reduction_factor": 16}, 2e-3),
@@ -52,6 +47,14 @@ SFT_RUNS: dict[str, tuple[str, dict, float]] = {
     "Prompt tuning": ("prompt_tuning", {"num_virtual_tokens": 20}, 3e-2),
     "P-tuning": ("p_tuning", {"num_virtual_tokens": 20}, 1e-2),
     "Prefix tuning": ("prefix_tuning", {"num_virtual_tokens": 20}, 1e-2),
+}
+SFT_RUNS: dict[str, tuple[str, dict, float]] = {
+    "LoRA": ("lora", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}, 2e-3),
+    "DoRA": ("lora", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "use_dora": True}, 2e-3),
+    "VeRA": ("vera", {"r": 64, "target_modules": LLAMA_LINEAR}, 1e-2),
+    "AdaLoRA": ("adalora", {"init_r": 16, "target_r": 8, "lora_alpha": 32, "tinit": 4, "tfinal": 6, "deltaT": 2,
+                            "target_modules": "all-linear"}, 2e-3),
+    **SAME_ON_BOTH,
     "Full FT": ("full", {}, 5e-5),
 }
 CLS_RUNS: dict[str, tuple[str, dict, float]] = {
@@ -60,13 +63,7 @@ CLS_RUNS: dict[str, tuple[str, dict, float]] = {
     "VeRA": ("vera", {"r": 64, "target_modules": BERT_LINEAR}, 1e-2),
     "AdaLoRA": ("adalora", {"init_r": 8, "target_r": 4, "lora_alpha": 16, "tinit": 6, "tfinal": 12, "deltaT": 2,
                             "target_modules": BERT_LINEAR}, 2e-3),
-    "IA3": ("ia3", {}, 3e-2),
-    "Bottleneck houlsby": ("bottleneck", {"placement": "houlsby", "reduction_factor": 16}, 2e-3),
-    "Bottleneck pfeiffer": ("bottleneck", {"placement": "pfeiffer", "reduction_factor": 16}, 2e-3),
-    "Bottleneck parallel": ("bottleneck", {"placement": "parallel", "reduction_factor": 16}, 2e-3),
-    "Prompt tuning": ("prompt_tuning", {"num_virtual_tokens": 20}, 3e-2),
-    "P-tuning": ("p_tuning", {"num_virtual_tokens": 20}, 1e-2),
-    "Prefix tuning": ("prefix_tuning", {"num_virtual_tokens": 20}, 1e-2),
+    **SAME_ON_BOTH,
     "Full FT": ("full", {}, 2e-4),
 }
 TASKS = {
