@@ -51,7 +51,7 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
     if other:
         raise NotImplementedError(f"route() mixes low-rank layer adapters only, not the adapters at {other[0]}; "
                                   "use set_adapter")
-    unroutable = sorted({n for w in wrappers for n in used if n in w.adapters and w.adapters[n].route_factors() is None})
+    unroutable = sorted({n for w in wrappers for n in used if n in w.adapters and w.adapters[n].low_rank_factors() is None})
     if unroutable:
         method = methods.for_config(configs[unroutable[0]]).name
         raise NotImplementedError(f"route() mixes plain LoRA adapters only; {unroutable[0]!r} ({method}"
@@ -117,7 +117,7 @@ def _stacks(wrapper: LayerWrapper) -> _Stacks:
     The cache key changes whenever an adapter is added, removed, replaced or modified in place
     (tensor version counters), so a stale stack is never used.
     """
-    plain = [(n, f) for n, a in wrapper.adapters.items() for f in [a.route_factors()] if f is not None]
+    plain = [(n, f) for n, a in wrapper.adapters.items() for f in [a.low_rank_factors()] if f is not None]
     key = tuple((n, s, id(t), t.data_ptr(), t._version) for n, (a, b, s) in plain for t in (a, b))
     hit = wrapper.__dict__.get("route_stacks")
     if hit is not None and hit[0] == key:

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import LoraConfig
+from ..config import Bias, LoraConfig
 from ..errors import InputError
 from ..inject import adapter_configs, inject
 from ..routing import active_adapter, set_adapter
@@ -216,14 +216,14 @@ def combine_adapters(model: nn.Module, adapters: Sequence[str], weights: Sequenc
             transposed.add(name)
         present = {n: module.adapters[n] for n in adapters if n in module.adapters}
         for n, a in present.items():
-            if type(a) is not LoraAdapter or a.dora is not None:
-                raise InputError(f"adapter {n!r} is not plain LoRA (DoRA / VeRA / AdaLoRA cannot be combined)")
+            if a.low_rank_factors() is None:
+                raise InputError(f"adapter {n!r} is not plain LoRA (DoRA / VeRA / AdaLoRA / IA³ cannot be combined)")
             if module.merged == n:
                 raise InputError(f"adapter {n!r} is merged into the base; unmerge it first")
         if present:
             layers[name] = present
     for n in adapters:
-        if configs[n].modules_to_save or getattr(configs[n], "bias", "none") != "none":
+        if configs[n].modules_to_save or configs[n].bias_mode is not Bias.NONE:
             raise InputError(f"adapter {n!r} also trains modules_to_save / biases, which cannot be combined")
     ranks, top_rank = _checked_ranks(layers, adapters, method, svd_rank)
     factors = combine_modules(layers, adapters, weights, method, top_rank, density, majority_sign_method,

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
-from ..inject import LAYER_LIST_NAMES
+from ..targets import LAYER_LIST_NAMES
 from ..io.shards import ShardWriter, check_output_directory, staged_directory
 from ..models import DTYPES, ModelNotFoundError, local_dir
 from .recipe import Recipe, SliceSource, load_recipe, resolve

@@ -42,8 +42,9 @@ exactly that, and checkpoints save every parameter that requires grad.
   weight, and `merged_bias` / `unmerged_bias`; defaults: w ± delta_weight(), bias unchanged.
 - `saved_tensors(layer) -> {suffix: tensor}`: peft's per-layer key suffixes (io adds the module
   path); `loadable_extras(layer)`: tensors peft writes that may be present and are then copied.
-- `route_factors() -> (A (r, in), B (out, r), scaling) | None`: for per-row routing (`route()`);
-  None means the method cannot be routed by row.
+- `low_rank_factors() -> (A (r, in), B (out, r), scaling) | None`: the adapter as a plain low-rank
+  update ΔW = scaling · B A, where it is one (plain LoRA); what `route()` stacks per row and adapter
+  arithmetic combines. None: it is not (DoRA, VeRA, AdaLoRA, IA³), and those refuse it.
 - `optimizer_roles(layer) -> {role: [params]}`: parameters with their own learning rate (LoRA+'s B).
 - `dtype`: the dtype the adapter computes in (inputs are cast to it).
 
@@ -241,7 +242,7 @@ class LayerAdapter(nn.Module):
     def loadable_extras(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         return {}
 
-    def route_factors(self) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
+    def low_rank_factors(self) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
         return None
 
     def optimizer_roles(self, layer: nn.Module) -> dict[str, list[nn.Parameter]]:

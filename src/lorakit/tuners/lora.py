@@ -112,7 +112,7 @@ class LoraAdapter(LayerAdapter):
     def loadable_extras(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         return {"base_layer.weight": layer.base.weight} if layer.embedding else {}  # peft saves targeted embeddings
 
-    def route_factors(self) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
+    def low_rank_factors(self) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
         return None if self.dora is not None else (self.lora_A, self.lora_B, self.scaling)
 
     def optimizer_roles(self, layer: nn.Module) -> dict[str, list[nn.Parameter]]:
