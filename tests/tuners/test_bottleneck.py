@@ -119,3 +119,19 @@ def test_errors_name_what_to_do(input_ids):
     lorakit.inject(lora, lorakit.LoraConfig(target_modules=["o_proj"]), "l")
     with pytest.raises(lorakit.errors.InputError, match="o_proj already holds other adapters"):
         lorakit.inject(lora, lorakit.BottleneckConfig(placement="houlsby"), "b")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_llama_family_sites(family, input_ids):
+    import transformers
+
+    cfg_class, model_class = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                              "mistral": ("MistralConfig", "MistralForCausalLM")}[family]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_class)(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = getattr(transformers, model_class)(cfg).eval()
+    base = logits(model, input_ids)
+    names = lorakit.inject(model, lorakit.BottleneckConfig(placement="houlsby", bottleneck_size=4))
+    assert names[:2] == ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp"] and len(names) == 4
+    torch.testing.assert_close(logits(model, input_ids), base)
