@@ -91,7 +91,7 @@ def routable(model: nn.Module, adapter_name: Optional[str]) -> bool:
         return True
     for _, holder in holders(model):
         if adapter_name in holder.adapters and (not isinstance(holder, LayerWrapper)
-                                                or holder.adapters[adapter_name].route_factors() is None):
+                                                or holder.adapters[adapter_name].low_rank_factors() is None):
             return False
     return True
 
