@@ -56,7 +56,7 @@ def test_changed_norms_and_embeddings_are_saved_or_dropped(tmp_path, input_ids):
     assert result.modules_to_save == ["model.embed_tokens", "model.norm"]
     theirs = peft_from_pretrained(tiny_llama(), tmp_path / "saved")
     torch.testing.assert_close(logits(theirs, input_ids), logits(tuned, input_ids), atol=1e-4, rtol=1e-4)
-    dropped = lorakit.extract_lora(base, tuned_dir, tmp_path / "dropped", rank=4, other="drop")
+    dropped = lorakit.extract_lora(base, tuned_dir, tmp_path / "dropped", rank=4, keep_other=False)
     assert set(dropped.dropped) == {"model.norm.weight", "model.embed_tokens.weight"}
 
 

@@ -50,7 +50,7 @@ def cmd_extract(args) -> int:
     from ..merge import extract_lora
 
     result = extract_lora(args.base, args.tuned, args.output, rank=args.rank, energy=args.energy,
-                          other="drop" if args.drop_other else "save", overwrite=args.overwrite)
+                          keep_other=not args.drop_other, overwrite=args.overwrite)
     width = max(len(m) for m in result.layers)
     print(f"{'layer'.ljust(width)}  rank  kept ‖ΔW‖²")
     for module, (rank, kept) in result.layers.items():

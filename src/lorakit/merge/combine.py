@@ -14,13 +14,15 @@ Per adapted layer, with s_i each adapter's scaling and w_i its weight (negative:
 The new adapter has scaling 1 (lora_alpha = r) and is an ordinary named adapter: save, load,
 route and merge it like any other. As in peft it is added frozen and the active adapter stays.
 Differences from peft: inputs with rsLoRA combine correctly (peft keeps `use_rslora` on the
-result, scaling it by sqrt(r)); per-layer ranks are exact (`rank_pattern`), not padded with zeros.
+result, scaling it by sqrt(r)); per-layer ranks are exact (`rank_pattern`), not padded with zeros;
+a single adapter is combined by the method asked for (peft switches to `linear`).
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -33,19 +35,29 @@ from ..inject import adapter_configs, inject
 from ..routing import active_adapter, set_adapter
 from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper
 from ..tuners.svd import top_singular
-from .methods import combine_deltas, prune_magnitude, prune_random
+from .methods import SIGN_VOTES, by_count, combine_deltas, prune_magnitude, prune_random
+
+
+class Level(Enum):
+    """What a combination type combines: the factors concatenated, the factors A and B mixed
+    separately, or the full ΔW mixed and then truncated by SVD."""
+
+    CAT = "cat"
+    FACTORS = "factors"
+    SVD = "svd"
 
 
 @dataclass(frozen=True)
 class Combination:
-    """How one of peft's combination types combines stacked tensors: (stacked (n, ...), weights (n,), density, sign method, generator)."""
+    """One of peft's combination types: its level and how it mixes stacked tensors,
+    mix(stacked (n, ...), weights (n,), density, majority sign method, generator) -> (...)."""
 
-    level: str  # "factors", "cat" or "svd"
+    level: Level
     mix: Optional[Callable[..., torch.Tensor]] = None
     uses_density: bool = False
 
 
-def _arith(x, w, density, sign, gen):
+def _sum(x, w, density, sign, gen):
     return combine_deltas(x, w)
 
 
@@ -55,30 +67,33 @@ def _magnitude(x, w, density, sign, gen):
 
 def _ties(x, w, density, sign, gen):
     return combine_deltas(x, w, prune=lambda d: prune_magnitude(d, density), consensus=sign,
-                          elect_on="unweighted", divide="count")
+                          elect_weighted=False, divide=by_count)
+
+
+def _dare(density, gen):
+    return lambda d: prune_random(d, density, gen) / density if density < 1 else d
 
 
 def _dare_linear(x, w, density, sign, gen):
-    return combine_deltas(x, w, prune=lambda d: prune_random(d, density, "density", gen))
+    return combine_deltas(x, w, prune=_dare(density, gen))
 
 
 def _dare_ties(x, w, density, sign, gen):
-    return combine_deltas(x, w, prune=lambda d: prune_random(d, density, "density", gen), consensus=sign,
-                          elect_on="unweighted", divide="count")
+    return combine_deltas(x, w, prune=_dare(density, gen), consensus=sign, elect_weighted=False, divide=by_count)
 
 
 COMBINATIONS: dict[str, Combination] = {
-    "cat": Combination("cat"),
-    "linear": Combination("factors", _arith),
-    "ties": Combination("factors", _ties, True),
-    "dare_linear": Combination("factors", _dare_linear, True),
-    "dare_ties": Combination("factors", _dare_ties, True),
-    "magnitude_prune": Combination("factors", _magnitude, True),
-    "svd": Combination("svd", _arith),
-    "ties_svd": Combination("svd", _ties, True),
-    "dare_linear_svd": Combination("svd", _dare_linear, True),
-    "dare_ties_svd": Combination("svd", _dare_ties, True),
-    "magnitude_prune_svd": Combination("svd", _magnitude, True),
+    "cat": Combination(Level.CAT),
+    "linear": Combination(Level.FACTORS, _sum),
+    "ties": Combination(Level.FACTORS, _ties, True),
+    "dare_linear": Combination(Level.FACTORS, _dare_linear, True),
+    "dare_ties": Combination(Level.FACTORS, _dare_ties, True),
+    "magnitude_prune": Combination(Level.FACTORS, _magnitude, True),
+    "svd": Combination(Level.SVD, _sum),
+    "ties_svd": Combination(Level.SVD, _ties, True),
+    "dare_linear_svd": Combination(Level.SVD, _dare_linear, True),
+    "dare_ties_svd": Combination(Level.SVD, _dare_ties, True),
+    "magnitude_prune_svd": Combination(Level.SVD, _magnitude, True),
 }
 """peft's `combination_type` names → how the layer's adapters are combined."""
 
@@ -93,10 +108,10 @@ def combine_layer(adapters: Sequence[tuple[LoraAdapter, float]], method: str, ra
     stored (in, out) (embeddings, GPT-2 Conv1D); the SVD methods prune ΔW in that layout, as peft does.
     """
     spec = COMBINATIONS[method]
-    if spec.level == "cat":
+    if spec.level is Level.CAT:
         a = torch.cat([ad.lora_A.float() * (w * ad.scaling) for ad, w in adapters], dim=0)
         return a, torch.cat([ad.lora_B.float() for ad, _ in adapters], dim=1)
-    if spec.level == "factors":
+    if spec.level is Level.FACTORS:
         ws = [w * ad.scaling for ad, w in adapters]
         w_a = torch.tensor([math.copysign(math.sqrt(abs(w)), w) if w != 0 else 0.0 for w in ws])
         w_b = torch.tensor([math.sqrt(abs(w)) for w in ws])
@@ -134,8 +149,8 @@ def check_combination(names: Sequence[str], weights: Sequence[float], method: st
     elif density is not None:
         raise InputError(f"density applies to the pruning methods "
                          f"({', '.join(n for n, c in COMBINATIONS.items() if c.uses_density)}), not to {method}")
-    if majority_sign_method not in ("total", "frequency"):
-        raise InputError(f"majority_sign_method {majority_sign_method!r}: expected 'total' or 'frequency'")
+    if majority_sign_method not in SIGN_VOTES:
+        raise InputError(f"majority_sign_method {majority_sign_method!r}: expected one of {', '.join(SIGN_VOTES)}")
 
 
 def lora_config_for(ranks: dict[str, int], **fields) -> LoraConfig:
@@ -163,10 +178,10 @@ def _checked_ranks(layers: dict[str, dict[str, LoraAdapter]], names: Sequence[st
     ranks = {}
     for module, present in layers.items():
         used = [present[n] for n in names if n in present]
-        if level == "factors" and len({a.r for a in used}) > 1:
+        if level is Level.FACTORS and len({a.r for a in used}) > 1:
             raise InputError(f"method {method} combines factors of equal rank; {module} has ranks "
                              f"{ {n: present[n].r for n in names if n in present} } (use cat or an svd method)")
-        ranks[module] = (sum(a.r for a in used) if level == "cat" else used[0].r if level == "factors"
+        ranks[module] = (sum(a.r for a in used) if level is Level.CAT else used[0].r if level is Level.FACTORS
                          else min(top_rank, *used[0].lora_A.shape[1:], used[0].lora_B.shape[0]))
     return ranks, top_rank
 

@@ -11,8 +11,8 @@ layer the smallest k whose singular values keep 90% of ‖ΔW‖²_F (capped by 
 given), written through `rank_pattern`. Large matrices (min side > 1024 and > 4k) use a
 randomized SVD. Other changed tensors: a changed bias of a LoRA layer is saved (peft's
 `bias="lora_only"`); changed embeddings, norms and layers whose weight did not change go to
-`modules_to_save` (`other="save"`) or are dropped (`other="drop"`); an embedding tied to the
-output head cannot be represented by an adapter and is always reported as dropped.
+`modules_to_save` (or are dropped with `keep_other=False`); an embedding tied to the output head
+cannot be represented by an adapter and is always reported as dropped.
 """
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ class Extraction:
 
 
 def extract_lora(base: str, tuned: str, out_dir: str | Path, rank: Optional[int] = None,
-                 energy: Optional[float] = None, other: str = "save", niter: int = 4,
+                 energy: Optional[float] = None, keep_other: bool = True, niter: int = 4,
                  overwrite: bool = False) -> Extraction:
     """Write the LoRA adapter that turns `base` into `tuned` (both model references, see
     `merge/sources.py`) to `out_dir` in peft's format; returns what was extracted.
 
     rank: the rank of every layer (with `energy`: the largest allowed). energy: share of ‖ΔW‖² to keep.
-    other: 'save' changed non-linear tensors as modules_to_save, or 'drop' them (reported).
+    keep_other: save changed non-linear tensors as modules_to_save, else drop them (reported).
     niter: subspace iterations of the randomized SVD used for large matrices.
     """
     if rank is None and energy is None:
@@ -68,12 +68,12 @@ def extract_lora(base: str, tuned: str, out_dir: str | Path, rank: Optional[int]
         raise InputError(f"rank must be a positive integer, got {rank}")
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"energy must be in (0, 1], got {energy}")
-    if other not in ("save", "drop"):
-        raise InputError(f"other must be 'save' or 'drop', got {other!r}")
+    from transformers.pytorch_utils import Conv1D
+
     with contextlib.ExitStack() as scratch:
         base_src = open_source(base, "--base", scratch)
         tuned_src = open_source(tuned, "--tuned", scratch)
-        kinds, tied = _module_kinds(base_src)
+        modules, tied = _skeleton(base_src)
         _check_same_tensors(base_src, tuned_src)
         out = check_output_directory(out_dir, overwrite, [base_src.directory, tuned_src.directory])
         result = Extraction(str(out))
@@ -85,30 +85,31 @@ def extract_lora(base: str, tuned: str, out_dir: str | Path, rank: Optional[int]
             old, new = base_src.read(key), tuned_src.read(key)
             if torch.equal(old, new):
                 continue
-            kind = kinds.get(module)
-            if kind in ("linear", "conv1d") and param == "weight" and key not in tied:
-                delta = (new.float() - old.float())
-                delta = delta.T if kind == "conv1d" else delta  # (out, in)
+            layer = modules.get(module)
+            linear = isinstance(layer, (nn.Linear, Conv1D))
+            if linear and param == "weight" and key not in tied:
+                delta = new.float() - old.float()
+                delta = delta.T if isinstance(layer, Conv1D) else delta  # (out, in)
                 a, b, k, kept = _low_rank(delta, rank, energy, niter)
                 tensors[f"{PREFIX}{module}.lora_A.weight"] = a
                 tensors[f"{PREFIX}{module}.lora_B.weight"] = b
                 result.layers[module] = (k, kept)
                 result.delta_norms[module] = float(delta.pow(2).sum())
-            elif kind in ("linear", "conv1d") and param == "bias":
+            elif linear and param == "bias":
                 changed_bias[module] = new
             elif key in tied:
                 result.dropped[key] = "tied to the output head; an adapter cannot change it alone"
-            elif other == "drop" or module == "":
-                result.dropped[key] = "not a linear layer (other='drop')" if module else "not inside a module"
+            elif not keep_other or module == "":
+                result.dropped[key] = "not a linear layer (keep_other=False)" if module else "not inside a module"
             else:
                 saved_modules.add(module)
         for module, bias in changed_bias.items():
             if module in result.layers:
                 result.biases.append(module)
-            elif other == "save":
+            elif keep_other:
                 saved_modules.add(module)
             else:
-                result.dropped[f"{module}.bias"] = "bias of a layer whose weight did not change (other='drop')"
+                result.dropped[f"{module}.bias"] = "bias of a layer whose weight did not change (keep_other=False)"
         if result.biases:  # bias="lora_only": every LoRA layer's bias is saved, changed or not
             for module in result.layers:
                 if f"{module}.bias" in tuned_src:
@@ -123,7 +124,7 @@ def extract_lora(base: str, tuned: str, out_dir: str | Path, rank: Optional[int]
         config = lora_config_for({m: k for m, (k, _) in result.layers.items()},
                                  modules_to_save=result.modules_to_save or None,
                                  bias="lora_only" if result.biases else "none",
-                                 fan_in_fan_out=any(kinds.get(m) == "conv1d" for m in result.layers),
+                                 fan_in_fan_out=any(isinstance(modules.get(m), Conv1D) for m in result.layers),
                                  task_type=_task_type(base_src), base_model_name_or_path=base)
         with staged_directory(out) as staging:
             write_adapter(staging, tensors, config)
@@ -148,11 +149,10 @@ def _low_rank(delta: torch.Tensor, rank: Optional[int], energy: Optional[float],
     return a.contiguous(), b.contiguous(), k, float(cumulative[k - 1]) if total else 1.0
 
 
-def _module_kinds(source: ModelSource) -> tuple[dict[str, str], set[str]]:
-    """Module name → 'linear' / 'conv1d' / 'embedding' / 'other' from the architecture (built on the
-    meta device, no weights), and the checkpoint keys tied to another parameter (e.g. a tied head)."""
+def _skeleton(source: ModelSource) -> tuple[dict[str, nn.Module], set[str]]:
+    """The architecture's modules by name (built on the meta device: no weights), and the checkpoint
+    keys tied to another parameter (e.g. an output head sharing the embedding)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.pytorch_utils import Conv1D
 
     config = AutoConfig.from_pretrained(source.directory)
     try:
@@ -163,15 +163,11 @@ def _module_kinds(source: ModelSource) -> tuple[dict[str, str], set[str]]:
                 skeleton = AutoModel.from_config(config)
     except Exception as e:
         raise InputError(f"{source.label}: transformers cannot build this architecture ({e})") from None
-    kinds = {}
-    for name, module in skeleton.named_modules():
-        kinds[name] = ("conv1d" if isinstance(module, Conv1D) else "linear" if isinstance(module, nn.Linear)
-                       else "embedding" if isinstance(module, nn.Embedding) else "other")
     groups: dict[int, list[str]] = {}
     for key, t in skeleton.state_dict(keep_vars=True).items():
         groups.setdefault(id(t), []).append(key)
     tied = {k for g in groups.values() if len(g) > 1 for k in g}
-    return kinds, tied
+    return dict(skeleton.named_modules()), tied
 
 
 def _check_same_tensors(base: ModelSource, tuned: ModelSource) -> None:

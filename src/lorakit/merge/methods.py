@@ -9,14 +9,14 @@ fp32 (fp64 if the inputs are) and the caller casts the result. Two families use 
 
 The families differ in small, documented ways that `combine_deltas`' options spell out: mergekit
 elects TIES signs on the weighted deltas and divides by the summed weights of the agreeing
-entries, peft elects on the unweighted deltas and divides by their count; mergekit's DARE
-rescales kept entries to the original L1 norm, peft's by 1/density; mergekit's magnitude pruning
-keeps at least one entry.
+entries (`by_weights`), peft elects on the unweighted deltas and divides by their count
+(`by_count`); mergekit's DARE rescales kept entries to the original L1 norm, peft's by 1/density;
+mergekit's magnitude pruning keeps at least one entry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -54,17 +54,12 @@ def prune_magnitude(delta: torch.Tensor, density: float, keep_one: bool = False,
     return rescale_l1(delta, masked) if rescale else masked
 
 
-def prune_random(delta: torch.Tensor, density: float, rescale: Literal["density", "l1", None],
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """DARE's drop: keep each entry with probability `density`, then rescale the survivors by
-    1/density (the paper, peft) or to the original L1 norm (mergekit); `None`: no rescaling."""
+def prune_random(delta: torch.Tensor, density: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """DARE's drop: keep each entry with probability `density`, zero the rest (no rescaling: the
+    paper and peft divide the survivors by density, mergekit rescales them with `rescale_l1`)."""
     if density >= 1:
         return delta
-    mask = torch.bernoulli(torch.full_like(delta, density), generator=generator)
-    masked = delta * mask
-    if rescale == "density":
-        return masked / density
-    return rescale_l1(delta, masked) if rescale == "l1" else masked
+    return delta * torch.bernoulli(torch.full_like(delta, density), generator=generator)
 
 
 def prune_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False) -> torch.Tensor:
@@ -84,24 +79,29 @@ def prune_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, res
 
 # ---- combining deltas -------------------------------------------------------------------------
 
-def sign_agreement(stacked: torch.Tensor, method: Literal["total", "frequency"] = "total") -> torch.Tensor:
-    """TIES' elect step: bool (n, *shape), True where an entry has the majority sign of its column.
+SIGN_VOTES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "total": lambda stacked: stacked.sum(dim=0),  # the sign of the sum (mergekit's 'sum')
+    "frequency": lambda stacked: stacked.sign().sum(dim=0),  # the sign most entries have (mergekit's 'count')
+}
+"""TIES' majority sign methods: (n, *shape) → votes (*shape), positive for +."""
 
-    'total': the sign of the sum (mergekit's 'sum'); 'frequency': the sign held by more entries
-    (mergekit's 'count'); ties go to +. Zero entries never agree.
-    """
-    votes = stacked.sum(dim=0) if method == "total" else stacked.sign().sum(dim=0)
+
+def sign_agreement(stacked: torch.Tensor, method: str = "total") -> torch.Tensor:
+    """TIES' elect step: bool (n, *shape), True where an entry has the majority sign of its column
+    (`method`: a key of SIGN_VOTES; ties go to +). Zero entries never agree."""
+    votes = SIGN_VOTES[method](stacked)
     return torch.where(votes >= 0, stacked > 0, stacked < 0)
 
 
 def combine_deltas(deltas: torch.Tensor, weights: torch.Tensor, *, prune: Optional[Prune] = None,
-                   consensus: Optional[Literal["total", "frequency"]] = None, elect_on: str = "weighted",
-                   divide: Optional[Literal["weights", "count"]] = None, scale: float = 1.0) -> torch.Tensor:
+                   consensus: Optional[str] = None, elect_weighted: bool = True,
+                   divide: Optional[Callable] = None, scale: float = 1.0) -> torch.Tensor:
     """Σ_i w_i · prune(δ_i), optionally keeping only sign-agreeing entries (TIES), (n, *shape) -> shape.
 
-    elect_on: 'weighted' (mergekit) or 'unweighted' (peft) deltas vote on the sign.
-    divide: 'weights' — by Σ w_i over the kept entries (mergekit's normalize), 'count' — by the
-    number of kept entries (peft's disjoint merge), None — a plain sum. `scale`: mergekit's lambda.
+    consensus: None, or a SIGN_VOTES key: keep the entries that agree with the elected sign.
+    elect_weighted: the weighted deltas vote (mergekit) rather than the unweighted ones (peft).
+    divide: `by_weights` (mergekit's normalize: Σ w_i over the kept entries), `by_count` (peft's
+    disjoint merge: the number of kept entries) or None (a plain sum). `scale`: mergekit's lambda.
     `deltas` is overwritten (pass a fresh stack): whole-model merges run this on tensors of
     hundreds of MB, so nothing of that size is allocated beyond a few temporaries.
     """
@@ -109,25 +109,30 @@ def combine_deltas(deltas: torch.Tensor, weights: torch.Tensor, *, prune: Option
         for i in range(len(deltas)):
             deltas[i] = prune(deltas[i])
     w = weights.to(deltas.dtype)
-    agree = sign_agreement(deltas, consensus) if consensus is not None and elect_on == "unweighted" else None
+    agree = None
+    if consensus is not None and not elect_weighted:
+        agree = sign_agreement(deltas, consensus)
     weighted = deltas.mul_(w.view(-1, *([1] * (deltas.dim() - 1))))
     if consensus is not None and agree is None:
         agree = sign_agreement(weighted, consensus)
-    if agree is None:
-        mixed = weighted.sum(dim=0)
-        if divide == "weights":
-            total = w.sum()
-            mixed = mixed / (total if total.abs() >= 1e-8 else 1)
-        elif divide == "count":
-            mixed = mixed / len(w)
-    else:
-        mixed = weighted.mul_(agree).sum(dim=0)
-        if divide == "weights":
-            divisor = sum(wi * a for wi, a in zip(w.tolist(), agree))
-            mixed = mixed / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-        elif divide == "count":
-            mixed = mixed / agree.sum(dim=0).clamp(min=1)
+    mixed = weighted.sum(dim=0) if agree is None else weighted.mul_(agree).sum(dim=0)
+    if divide is not None:
+        mixed = mixed / divide(w, agree)
     return mixed * scale if scale != 1 else mixed
+
+
+def by_weights(w: torch.Tensor, agree: Optional[torch.Tensor]):
+    """Σ w_i over the entries kept (all when `agree` is None); 1 where that sum is 0."""
+    if agree is None:
+        total = w.sum()
+        return total if total.abs() >= 1e-8 else 1
+    divisor = sum(wi * a for wi, a in zip(w.tolist(), agree))
+    return torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+
+
+def by_count(w: torch.Tensor, agree: Optional[torch.Tensor]):
+    """The number of entries kept (at least 1)."""
+    return len(w) if agree is None else agree.sum(dim=0).clamp(min=1)
 
 
 # ---- whole tensors ------------------------------------------------------------------------------
@@ -197,24 +202,32 @@ def _run_slerp(base, others, params, generator):
     return slerp(params["t"], base, others[0])
 
 
-def _task_method(prune: Optional[str], consensus: bool, rescale_default: bool, normalize_default: bool,
+def _kept_by_magnitude(delta, density, gamma, rescale, generator):
+    return prune_magnitude(delta, density, keep_one=True, rescale=rescale)
+
+
+def _kept_at_random(delta, density, gamma, rescale, generator):
+    kept = prune_random(delta, density, generator)
+    return rescale_l1(delta, kept) if rescale and density < 1 else kept
+
+
+def _kept_without_outliers(delta, density, gamma, rescale, generator):
+    return prune_outliers(delta, density, gamma, rescale)
+
+
+def _task_method(prune: Optional[Callable], consensus: bool, rescale_default: bool, normalize_default: bool,
                  extra: tuple[Param, ...] = ()) -> Method:
     """mergekit's generalized task arithmetic: θ_base + λ · combine(prune(θ_i − θ_base))."""
 
     def run(base, others, params, generator):
         deltas = others.sub_(base)
-        rescale = params["rescale"]
-        for i in range(len(deltas)):
-            density = params["density"][i]
-            if prune == "magnitude":
-                deltas[i] = prune_magnitude(deltas[i], density, keep_one=True, rescale=rescale)
-            elif prune == "random":
-                deltas[i] = prune_random(deltas[i], density, "l1" if rescale else None, generator)
-            elif prune == "outliers":
-                deltas[i] = prune_outliers(deltas[i], density, params["gamma"][i], rescale)
+        if prune is not None:
+            for i in range(len(deltas)):
+                gamma = params["gamma"][i] if "gamma" in params else None
+                deltas[i] = prune(deltas[i], params["density"][i], gamma, params["rescale"], generator)
         mixed = combine_deltas(deltas, torch.tensor(params["weight"], dtype=base.dtype),
-                               consensus="total" if consensus else None, elect_on="weighted",
-                               divide="weights" if params["normalize"] else None, scale=params["lambda"])
+                               consensus="total" if consensus else None, elect_weighted=True,
+                               divide=by_weights if params["normalize"] else None, scale=params["lambda"])
         return mixed.add_(base)
 
     shared = (Param("weight", float, True), Param("density", float, True, 1.0),
@@ -227,15 +240,15 @@ METHODS: dict[str, Method] = {
     "linear": Method(_run_linear, (Param("weight", float, True), Param("normalize", bool, False, True)), needs_base=False),
     "slerp": Method(_run_slerp, (Param("t", float, False),), needs_base=True, max_models=1),
     "task_arithmetic": _task_method(None, consensus=False, rescale_default=False, normalize_default=False),
-    "ties": _task_method("magnitude", consensus=True, rescale_default=False, normalize_default=True),
-    "dare_linear": _task_method("random", consensus=False, rescale_default=True, normalize_default=False),
-    "dare_ties": _task_method("random", consensus=True, rescale_default=True, normalize_default=False),
-    "breadcrumbs": _task_method("outliers", consensus=False, rescale_default=False, normalize_default=False,
-                                extra=(Param("gamma", float, True, 0.01),)),
-    "breadcrumbs_ties": _task_method("outliers", consensus=True, rescale_default=False, normalize_default=False,
-                                     extra=(Param("gamma", float, True, 0.01),)),
+    "ties": _task_method(_kept_by_magnitude, consensus=True, rescale_default=False, normalize_default=True),
+    "dare_linear": _task_method(_kept_at_random, consensus=False, rescale_default=True, normalize_default=False),
+    "dare_ties": _task_method(_kept_at_random, consensus=True, rescale_default=True, normalize_default=False),
+    "breadcrumbs": _task_method(_kept_without_outliers, consensus=False, rescale_default=False,
+                                normalize_default=False, extra=(Param("gamma", float, True, 0.01),)),
+    "breadcrumbs_ties": _task_method(_kept_without_outliers, consensus=True, rescale_default=False,
+                                     normalize_default=False, extra=(Param("gamma", float, True, 0.01),)),
 }
 """Recipe `merge_method` → implementation, with mergekit's parameters and defaults."""
 
-__all__ = ["METHODS", "Method", "Param", "linear", "slerp", "combine_deltas", "sign_agreement",
-           "prune_magnitude", "prune_random", "prune_outliers", "rescale_l1"]
+__all__ = ["METHODS", "Method", "Param", "linear", "slerp", "combine_deltas", "sign_agreement", "SIGN_VOTES",
+           "by_weights", "by_count", "prune_magnitude", "prune_random", "prune_outliers", "rescale_l1"]
