@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..targets import LAYER_LIST_NAMES
 from ..io.shards import ShardWriter, check_output_directory, staged_directory
 from ..models import DTYPES, ModelNotFoundError, local_dir
-from .recipe import Recipe, SliceSource, load_recipe, resolve
+from .recipe import Recipe, RecipeError, SliceSource, check_recipe, load_recipe, resolve
 from .sources import ModelSource, open_source, split_reference
 
 _LAYER = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYER_LIST_NAMES)})\.(\d+)(?=\.|$)")
@@ -69,9 +69,11 @@ def merge_models(recipe: str | Path | Recipe, out_dir: str | Path, overwrite: bo
     """
     start = time.perf_counter()
     text = None
-    if not isinstance(recipe, Recipe):
-        text = Path(recipe).read_text()
-        recipe = load_recipe(recipe)
+    if isinstance(recipe, Recipe):
+        check_recipe(recipe, _raise)
+    else:
+        path, recipe = recipe, load_recipe(recipe)
+        text = Path(path).read_text()
     with contextlib.ExitStack() as scratch:
         sources = _open_all(recipe, scratch)
         tasks, layers, reference = _plan(recipe, sources)
@@ -95,6 +97,10 @@ def merge_models(recipe: str | Path | Recipe, out_dir: str | Path, overwrite: bo
             "bytes": sum(f.stat().st_size for f in (Path(out) / p.name for p in files)),
             "tokenizer": str(tokenizer[0].parent) if tokenizer else None,
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _raise(key: str, message: str):
+    raise RecipeError(f"recipe: {key}: {message}")
 
 
 def _open_all(recipe: Recipe, scratch) -> dict[str, ModelSource]:
