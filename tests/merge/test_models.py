@@ -54,6 +54,10 @@ def recipes(m):
         "breadcrumbs": {"merge_method": "breadcrumbs", "base_model": m[0], "models": [
             {"model": m[1], "parameters": {"weight": 1.0, "density": 0.8, "gamma": 0.05}},
             {"model": m[2], "parameters": {"weight": 0.5, "density": 0.9}}], **F32},
+        "slerp_slices": {"merge_method": "slerp", "base_model": m[1], "slices": [  # the usual published form
+            {"sources": [{"model": m[1], "layer_range": [0, 2]}, {"model": m[2], "layer_range": [0, 2]}]}],
+            "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                                 {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]}, **F32},
         "slices": {"merge_method": "linear", "slices": [
             {"sources": [{"model": m[0], "layer_range": [0, 2], "parameters": {"weight": 1.0}},
                          {"model": m[1], "layer_range": [0, 2], "parameters": {"weight": 3.0}}]},
@@ -83,7 +87,8 @@ def _dare(m):
             "models": [{"model": m[1], "parameters": {"weight": 1.0, "density": 0.3}}], **F32}
 
 
-@pytest.mark.parametrize("name", ["linear", "slerp", "task_arithmetic", "ties", "breadcrumbs", "slices"])
+@pytest.mark.parametrize("name", ["linear", "slerp", "slerp_slices", "task_arithmetic", "ties", "breadcrumbs",
+                                  "slices"])
 def test_every_tensor_equals_mergekit(name, models, mergekit_outputs, tmp_path):
     stats = merge_models(Recipe.model_validate(recipes(models)[name]), tmp_path / name)
     ours, theirs = load_file(tmp_path / name / "model.safetensors"), load_file(mergekit_outputs / name / "model.safetensors")
