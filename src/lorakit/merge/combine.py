@@ -71,7 +71,7 @@ def _ties(x, w, density, sign, gen):
 
 
 def _dare(density, gen):
-    return lambda d: prune_random(d, density, gen) / density if density < 1 else d
+    return lambda d: prune_random(d, density, gen).div_(density) if density < 1 else d
 
 
 def _dare_linear(x, w, density, sign, gen):

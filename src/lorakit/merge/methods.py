@@ -21,60 +21,83 @@ from typing import Callable, Optional
 import torch
 
 Prune = Callable[[torch.Tensor], torch.Tensor]
+CHUNK = 1 << 21
+"""Entries per column block in `combine_deltas`: its temporaries stay near n × 8 MB whatever the tensor."""
 
 
-def work_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+# ---- sparsification of one delta (in place: deltas are fresh copies, often hundreds of MB) ----------
+
+def rescale_l1_(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale `masked` in place so that its L1 norm becomes `before` (the norm of the unmasked delta);
+    unchanged when either norm is ~0."""
+    after = masked.abs().sum()
+    if before >= eps and after >= eps:
+        masked.mul_(before / after)
+    return masked
 
 
-# ---- sparsification of one delta --------------------------------------------------------------
+def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """bool mask of exactly `k` entries of `values` holding the k largest (ties at the threshold: the first ones).
 
-def rescale_l1(original: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """`masked` scaled so that its L1 norm equals `original`'s (unchanged when either is ~0)."""
-    before, after = original.abs().sum(), masked.abs().sum()
-    if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
+    A selection (`kthvalue`, linear time), not `topk`, which on CPU sorts: for a 49152 × 576 embedding
+    and k = n/2 it takes seconds and several copies of the tensor.
+    """
+    flat = values.reshape(-1)
+    n = flat.numel()
+    if k >= n:
+        return torch.ones_like(values, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    threshold = flat.kthvalue(n - k + 1).values
+    mask = flat > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        mask[(flat == threshold).nonzero().squeeze(1)[:missing]] = True
+    return mask.view_as(values)
 
 
 def prune_magnitude(delta: torch.Tensor, density: float, keep_one: bool = False, rescale: bool = False) -> torch.Tensor:
-    """Keep the `density` share of entries with the largest |value|, zero the rest (TIES' trim step).
+    """In place: keep the `density` share of entries with the largest |value|, zero the rest (TIES' trim).
 
     k = int(density · numel), at least 1 with `keep_one` (mergekit). `rescale`: L1 rescaling (mergekit's option).
     """
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
+        return delta.zero_()
+    before = delta.abs().sum() if rescale else None
     k = int(density * delta.numel())
-    k = max(1, k) if keep_one else k
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[torch.topk(delta.abs().reshape(-1), k=k, largest=True).indices] = 1
-    masked = delta * mask.view_as(delta)
-    return rescale_l1(delta, masked) if rescale else masked
+    delta.mul_(top_k_mask(delta.abs(), max(1, k) if keep_one else k))
+    return rescale_l1_(delta, before) if rescale else delta
 
 
-def prune_random(delta: torch.Tensor, density: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """DARE's drop: keep each entry with probability `density`, zero the rest (no rescaling: the
-    paper and peft divide the survivors by density, mergekit rescales them with `rescale_l1`)."""
+def prune_random(delta: torch.Tensor, density: float, generator: Optional[torch.Generator] = None,
+                 rescale: bool = False) -> torch.Tensor:
+    """In place: DARE's drop, keeping each entry with probability `density`. The paper and peft then
+    divide the survivors by density (the caller's job); mergekit rescales them to the delta's L1
+    norm (`rescale`)."""
     if density >= 1:
         return delta
-    return delta * torch.bernoulli(torch.full_like(delta, density), generator=generator)
+    before = delta.abs().sum() if rescale else None
+    delta.mul_(torch.bernoulli(torch.full_like(delta, density), generator=generator))
+    return rescale_l1_(delta, before) if rescale else delta
 
 
 def prune_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False) -> torch.Tensor:
-    """Model Breadcrumbs: drop the `gamma` share of largest |values| (outliers) and then the smallest,
-    keeping `density` of the entries (fewer outliers are dropped when both cannot be met)."""
+    """In place: Model Breadcrumbs: drop the `gamma` share of largest |values| (outliers) and then the
+    smallest, keeping `density` of the entries (fewer outliers are dropped when both cannot be met)."""
     if density >= 1:
         return delta
     n = delta.numel()
     keep, top = int(density * n), int(gamma * n)
     bottom = max(0, n - keep - top)
-    order = torch.sort(delta.abs().reshape(-1).float(), descending=False).indices
-    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
-    mask[order[bottom: bottom + keep]] = 1
-    masked = delta * mask.view_as(delta)
-    return rescale_l1(delta, masked) if rescale else masked
+    before = delta.abs().sum() if rescale else None
+    magnitude = delta.abs()
+    kept = top_k_mask(magnitude, n - bottom)
+    kept &= ~top_k_mask(magnitude, n - bottom - keep)
+    del magnitude
+    delta.mul_(kept)
+    return rescale_l1_(delta, before) if rescale else delta
 
 
 # ---- combining deltas -------------------------------------------------------------------------
@@ -98,27 +121,38 @@ def combine_deltas(deltas: torch.Tensor, weights: torch.Tensor, *, prune: Option
                    divide: Optional[Callable] = None, scale: float = 1.0) -> torch.Tensor:
     """Σ_i w_i · prune(δ_i), optionally keeping only sign-agreeing entries (TIES), (n, *shape) -> shape.
 
-    consensus: None, or a SIGN_VOTES key: keep the entries that agree with the elected sign.
-    elect_weighted: the weighted deltas vote (mergekit) rather than the unweighted ones (peft).
-    divide: `by_weights` (mergekit's normalize: Σ w_i over the kept entries), `by_count` (peft's
-    disjoint merge: the number of kept entries) or None (a plain sum). `scale`: mergekit's lambda.
-    `deltas` is overwritten (pass a fresh stack): whole-model merges run this on tensors of
-    hundreds of MB, so nothing of that size is allocated beyond a few temporaries.
+    prune: applied to each δ_i (in place). consensus: None, or a SIGN_VOTES key: keep the entries
+    that agree with the elected sign. elect_weighted: the weighted deltas vote (mergekit) rather
+    than the unweighted ones (peft). divide: `by_weights` (mergekit's normalize: Σ w_i over the
+    kept entries), `by_count` (peft's disjoint merge: the number of kept entries) or None (a plain
+    sum). `scale`: mergekit's lambda. `deltas` is overwritten (pass a fresh stack). Everything
+    after pruning is elementwise and runs over blocks of `CHUNK` columns, so a whole-model merge
+    allocates the result and small blocks, not copies of the stack.
     """
     if prune is not None:
         for i in range(len(deltas)):
             deltas[i] = prune(deltas[i])
     w = weights.to(deltas.dtype)
-    agree = None
-    if consensus is not None and not elect_weighted:
-        agree = sign_agreement(deltas, consensus)
-    weighted = deltas.mul_(w.view(-1, *([1] * (deltas.dim() - 1))))
-    if consensus is not None and agree is None:
-        agree = sign_agreement(weighted, consensus)
-    mixed = weighted.sum(dim=0) if agree is None else weighted.mul_(agree).sum(dim=0)
-    if divide is not None:
-        mixed = mixed / divide(w, agree)
-    return mixed * scale if scale != 1 else mixed
+    w_col = w.view(-1, 1)
+    flat = deltas.reshape(len(deltas), -1)
+    mixed = torch.empty(flat.shape[1], dtype=deltas.dtype)
+    for start in range(0, flat.shape[1], CHUNK):
+        part = flat[:, start: start + CHUNK]
+        agree = None
+        if consensus is not None and not elect_weighted:
+            agree = sign_agreement(part, consensus)
+        weighted = part.mul_(w_col)
+        if consensus is not None and agree is None:
+            agree = sign_agreement(weighted, consensus)
+        out = mixed[start: start + CHUNK]
+        if agree is None:
+            torch.sum(weighted, dim=0, out=out)
+        else:
+            torch.sum(weighted.mul_(agree), dim=0, out=out)
+        if divide is not None:
+            out.div_(divide(w, agree))
+    mixed = mixed.view(deltas.shape[1:])
+    return mixed.mul_(scale) if scale != 1 else mixed
 
 
 def by_weights(w: torch.Tensor, agree: Optional[torch.Tensor]):
@@ -126,8 +160,10 @@ def by_weights(w: torch.Tensor, agree: Optional[torch.Tensor]):
     if agree is None:
         total = w.sum()
         return total if total.abs() >= 1e-8 else 1
-    divisor = sum(wi * a for wi, a in zip(w.tolist(), agree))
-    return torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    divisor = torch.zeros(agree.shape[1:], dtype=w.dtype)
+    for wi, a in zip(w.tolist(), agree):
+        divisor.add_(a, alpha=wi)
+    return divisor.masked_fill_(divisor == 0, 1)
 
 
 def by_count(w: torch.Tensor, agree: Optional[torch.Tensor]):
@@ -207,8 +243,7 @@ def _kept_by_magnitude(delta, density, gamma, rescale, generator):
 
 
 def _kept_at_random(delta, density, gamma, rescale, generator):
-    kept = prune_random(delta, density, generator)
-    return rescale_l1(delta, kept) if rescale and density < 1 else kept
+    return prune_random(delta, density, generator, rescale)
 
 
 def _kept_without_outliers(delta, density, gamma, rescale, generator):
@@ -251,4 +286,4 @@ METHODS: dict[str, Method] = {
 """Recipe `merge_method` → implementation, with mergekit's parameters and defaults."""
 
 __all__ = ["METHODS", "Method", "Param", "linear", "slerp", "combine_deltas", "sign_agreement", "SIGN_VOTES",
-           "by_weights", "by_count", "prune_magnitude", "prune_random", "prune_outliers", "rescale_l1"]
+           "by_weights", "by_count", "prune_magnitude", "prune_random", "prune_outliers", "top_k_mask"]
