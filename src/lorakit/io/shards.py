@@ -45,6 +45,28 @@ class OutputExistsError(InputError):
     """The output directory already holds files and overwriting was not asked for."""
 
 
+def _malloc_trim():
+    """glibc's malloc_trim, or a no-op elsewhere.
+
+    Streaming frees one tensor-sized block after another; glibc keeps freed blocks below its
+    (adaptive, up to 32 MiB) mmap threshold mapped, between long-lived small allocations, so
+    without trimming RSS creeps up by several tensors: SmolLM2-135M's quantized streamed load
+    peaked ~170 MiB higher, a merge of three 115 MB models ~ 2 of its largest tensors higher.
+    """
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+release_free_memory = _malloc_trim()
+"""Hand freed heap memory back to the OS (after each tensor of a stream)."""
+
+
 def checkpoint_files(directory: str | Path) -> list[Path]:
     """The safetensors files of a HF model directory (one file or an index of shards); [] if none."""
     directory = Path(directory)

@@ -27,8 +27,8 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
+from ..io.shards import ShardWriter, check_output_directory, release_free_memory, staged_directory
 from ..targets import LAYER_LIST_NAMES
-from ..io.shards import ShardWriter, check_output_directory, staged_directory
 from ..models import DTYPES, ModelNotFoundError, local_dir
 from .recipe import Recipe, RecipeError, SliceSource, check_recipe, load_recipe, resolve
 from .sources import ModelSource, open_source, split_reference
@@ -85,6 +85,7 @@ def merge_models(recipe: str | Path | Recipe, out_dir: str | Path, overwrite: bo
 
             for task in tqdm(tasks, desc="merging", unit="tensor", disable=not progress):
                 writer.write(task.out_key, _run(task, recipe, seed))
+                release_free_memory()
             files = writer.close()
             _write_config(reference, staging, recipe, tasks, layers)
             for file in tokenizer:

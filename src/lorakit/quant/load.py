@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from ..io.shards import CheckpointMismatch, SafetensorsReader, checkpoint_files
+from ..io.shards import CheckpointMismatch, SafetensorsReader, checkpoint_files, release_free_memory
 from . import quantizable_linears, quantized_linear_class
 
 __all__ = ["CheckpointMismatch", "SafetensorsReader", "checkpoint_files", "load_quantized", "parameters_on_meta"]
@@ -79,7 +79,7 @@ def load_quantized(
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, quantized)
         del weight, bias
-        _release_free_memory()
+        release_free_memory()
 
     done = {f"{name}.{p}" for name in targets for p in ("weight", "bias")}
     for key, current in expected.items():
@@ -98,24 +98,6 @@ def load_quantized(
     return list(targets)
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or a no-op elsewhere.
-
-    The freed full-precision matrices and quantization temporaries sit between long-lived small
-    allocations (the packed codes), so glibc keeps them mapped: without trimming, SmolLM2-135M's
-    streamed load peaked ~170 MiB (≈ the size of the quantized layers) higher.
-    """
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-_release_free_memory = _malloc_trim()
 
 
 def _aliases(state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
