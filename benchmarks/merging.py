@@ -77,6 +77,7 @@ def train_adapters(out: Path, steps: int) -> dict[str, Path]:
         if not (adapter / "adapter_model.safetensors").is_file():
             log(f"training the {task} adapter ({steps} steps)")
             base = json.loads(json.dumps(QUICKSTART))
+            base["model"]["name"] = BASE
             base["data"].update(train=f"bundled:{bundled}_train", eval=f"bundled:{bundled}_eval")
             base["train"]["steps"] = steps
             base["eval"]["generate"] = False
@@ -170,7 +171,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 CHILD = r"""
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 warnings.simplefilter("ignore")
 tool, recipe, out = sys.argv[1:4]
 start = time.perf_counter()
@@ -185,8 +186,9 @@ elif tool == "mergekit":
               options=MergeOptions(copy_tokenizer=True, quiet=True, random_seed=0))
 else:
     import torch, lorakit  # the floor: an interpreter with torch and lorakit imported
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": time.perf_counter() - start}))
+# VmHWM, not getrusage: after fork + exec, ru_maxrss starts at the parent's peak (the benchmark's own).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_mib": hwm / 1024, "seconds": time.perf_counter() - start}))
 """
 
 
@@ -220,7 +222,7 @@ def part_rss(out: Path, adapters: dict[str, Path], repeats: int) -> dict:
     summary = {"model_mib": sizes, "median": med, "runs": results}
     print(f"\nmerging 3 copies of SmolLM2-135M (fp32 safetensors: {', '.join(f'{s:.0f}' for s in sizes)} MiB; "
           f"inputs {sum(sizes):.0f} MiB), TIES, {repeats} runs each, medians:")
-    print("| | peak RSS | above the import floor | wall time |\n|---|---|---|---|")
+    print("| | peak RSS | above the floor (python + torch + lorakit imported) | wall time |\n|---|---|---|---|")
     floor = med["floor"]["peak_rss_mib"]
     for tool in ("floor", "lorakit", "mergekit"):
         m = med[tool]

@@ -146,7 +146,7 @@ def _low_rank(delta: torch.Tensor, rank: Optional[int], energy: Optional[float],
         k = int(reached[0]) + 1 if len(reached) else cap
     k = max(k, 1)
     a, b = split_factors(u[:, :k], s[:k], vh[:k])
-    return a.contiguous(), b.contiguous(), k, float(cumulative[k - 1]) if total else 1.0
+    return a.contiguous(), b.contiguous(), k, min(1.0, float(cumulative[k - 1])) if total else 1.0
 
 
 def _skeleton(source: ModelSource) -> tuple[dict[str, nn.Module], set[str]]:
