@@ -210,3 +210,11 @@ def test_bad_arguments_are_input_errors(adapters, kwargs, message):
     with pytest.raises(InputError, match=message):
         lorakit.combine_adapters(model, names, weights, new, **kwargs)
     assert lorakit.list_adapters(model) == list(ADAPTERS)
+
+
+def test_cli_refuses_adapters_of_different_bases(adapters, tmp_path, capsys):
+    model = tiny_llama(hidden_size=48, intermediate_size=64)
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"]))
+    lorakit.save_adapter(model, tmp_path / "wide")
+    assert main(["combine", str(adapters / "a"), str(tmp_path / "wide"), str(tmp_path / "out")]) == 2
+    assert "different base models" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -178,6 +178,10 @@ def _checked_ranks(layers: dict[str, dict[str, LoraAdapter]], names: Sequence[st
     ranks = {}
     for module, present in layers.items():
         used = [present[n] for n in names if n in present]
+        shapes = {(a.lora_B.shape[0], a.lora_A.shape[1]) for a in used}
+        if len(shapes) > 1:
+            raise InputError(f"{module}: the adapters change weights of different shapes {sorted(shapes)}; "
+                             "they were trained on different base models")
         if level is Level.FACTORS and len({a.r for a in used}) > 1:
             raise InputError(f"method {method} combines factors of equal rank; {module} has ranks "
                              f"{ {n: present[n].r for n in names if n in present} } (use cat or an svd method)")
