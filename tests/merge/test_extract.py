@@ -102,3 +102,16 @@ def test_mismatched_models_are_refused(tmp_path):
     tiny_llama(intermediate_size=48).save_pretrained(tmp_path / "b")
     with pytest.raises(InputError, match="down_proj.weight: --base has shape"):
         lorakit.extract_lora(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path / "out", rank=2)
+
+
+def test_large_matrices_use_a_randomized_svd_that_recovers_low_rank_updates():
+    from lorakit.merge.extract import RANDOMIZED_MIN_SIDE, _low_rank
+
+    g = torch.Generator().manual_seed(0)
+    side = RANDOMIZED_MIN_SIDE + 100
+    delta = torch.randn(side, 8, generator=g) @ torch.randn(8, side + 50, generator=g)
+    a, b, k, kept = _low_rank(delta, rank=12, energy=None, niter=2)
+    assert k == 12 and kept > 1 - 1e-6
+    torch.testing.assert_close(b @ a, delta, atol=1e-3, rtol=1e-4)
+    _, _, k, kept = _low_rank(delta, rank=12, energy=0.99, niter=2)
+    assert k <= 8 and kept >= 0.99
