@@ -76,6 +76,13 @@ def tiny_lm_dir(tmp_path_factory, smol_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_lm_dir_wide(tmp_path_factory, smol_tokenizer):
+    """`tiny_lm_dir` with weights drawn wider (initializer_range 0.2): its logits move when only the
+    attention inputs change (virtual tokens), which at 0.02 they barely do."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama-wide"), smol_tokenizer, initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory):
     """A hidden-32 BERT encoder (no head, like all-MiniLM) saved with all-MiniLM-L6-v2's tokenizer.
     initializer_range 0.2: with the usual 0.02 a 1-layer [CLS] vector barely depends on the input."""

@@ -168,3 +168,32 @@ def test_merge_writes_a_transformers_model_that_reproduces_the_adapter(trained, 
     ids = torch.randint(0, 1000, (2, 12))
     torch.testing.assert_close(logits(merged, ids), logits(adapted, ids), atol=1e-5, rtol=1e-5)
     assert main(["generate", "--model", str(tmp_path / "merged"), "hi", "--max-new-tokens", "2"]) == 0
+
+
+VIRTUAL_TOKENS = {  # method: overrides of a tiny run (trained by the sft_config fixture's data)
+    "prompt_tuning": ("prompt_tuning.num_virtual_tokens=4", "prompt_tuning.prompt_tuning_init=TEXT",
+                      "prompt_tuning.prompt_tuning_init_text=Calendar note to record"),
+    "p_tuning": ("p_tuning.num_virtual_tokens=3", "p_tuning.encoder_reparameterization_type=LSTM"),
+    "prefix_tuning": ("prefix_tuning.num_virtual_tokens=3", "prefix_tuning.prefix_projection=true"),
+}
+
+
+@pytest.mark.parametrize("method", list(VIRTUAL_TOKENS))
+def test_virtual_token_methods_train_eval_generate_chat_inspect(method, tmp_path, sft_config, sft_files,
+                                                                monkeypatch, capsys):
+    config = sft_config("train.steps=2", f"method={method}", *VIRTUAL_TOKENS[method], drop=("lora",))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert main(["train", str(path)]) == 0
+    adapter = str(config.out / "adapter")
+    capsys.readouterr()
+    assert main(["eval", "--adapter", adapter, "--data", sft_files[1], "--json", "--max-new-tokens", "3"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"loss", "perplexity", "exact_match", "rows"}
+    assert main(["generate", "--adapter", adapter, "Lunch with Ana on Friday at noon.", "--max-new-tokens", "3"]) == 0
+    replies = iter(["hello", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
+    assert main(["chat", "--adapter", adapter, "--max-new-tokens", "3"]) == 0
+    assert main(["inspect", "--config", str(path)]) == 0
+    assert f"{method}" in capsys.readouterr().out
+    err = _one_line_error(capsys, ["merge", adapter, str(tmp_path / "merged")])
+    assert "adds virtual tokens" in err and "no weight update to merge" in err

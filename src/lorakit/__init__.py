@@ -7,6 +7,7 @@
 from .config import AdaLoraConfig, LoraConfig, VeraConfig
 from .tuners.bottleneck import BottleneckConfig
 from .tuners.ia3 import IA3Config
+from .tuners.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .inject import describe_trainable, inject, preset_targets, trainable_parameters
 from .io import AdapterFormatError, load_adapter, read_config, save_adapter
 from .merge import combine_adapters, extract_lora, merge, merge_and_unload, merge_models, unload, unmerge
@@ -18,7 +19,8 @@ from .train.optim import build_optimizer, loraplus_optimizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "LoraConfig", "VeraConfig", "AdaLoraConfig", "IA3Config", "BottleneckConfig", "inject", "save_adapter", "load_adapter", "read_config",
+    "LoraConfig", "VeraConfig", "AdaLoraConfig", "IA3Config", "BottleneckConfig", "PromptTuningConfig",
+    "PromptEncoderConfig", "PrefixTuningConfig", "inject", "save_adapter", "load_adapter", "read_config",
     "set_adapter", "disable_adapters",
     "delete_adapter", "list_adapters", "active_adapter", "route", "merge", "unmerge", "merge_and_unload",
     "unload", "trainable_parameters", "describe_trainable", "preset_targets", "AdapterFormatError",

@@ -9,3 +9,8 @@ lorakit and keeps its traceback.
 
 class InputError(ValueError):
     """Something the user gave is wrong; the message says what and where, in one line."""
+
+
+class UnsupportedOperation(InputError, NotImplementedError):
+    """An operation that has no meaning for what the user chose (e.g. merging a prompt adapter): a user
+    error (one line, exit 2 from the CLI) that is also a NotImplementedError."""

@@ -11,11 +11,11 @@ dict; none of them names a method.
 """
 from __future__ import annotations
 
-from .tuners import adalora, bottleneck, ia3, lora, vera
+from .tuners import adalora, bottleneck, ia3, lora, vera, virtual_tokens
 from .tuners.base import Kind, Method
 
 METHODS: dict[str, Method] = {m.name: m for m in (lora.METHOD, adalora.METHOD, vera.METHOD, ia3.METHOD,
-                                                     bottleneck.METHOD)}
+                                                     bottleneck.METHOD, *virtual_tokens.METHODS)}
 """Method name (the trainer's `method:` value and config section) → its record, in `--help` order."""
 
 __all__ = ["METHODS", "Method", "Kind", "for_config", "for_peft_type"]

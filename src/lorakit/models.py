@@ -114,6 +114,16 @@ def _save_plain(model, directory: Path) -> None:
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
+def load_tokenizer(name: str, **kwargs):
+    """Just the tokenizer of a model name (local dir, .gguf file or embedded default), without loading weights."""
+    from transformers import AutoTokenizer
+
+    path = resolve(name)
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
 def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32", quantization: Optional[str] = None,
                    quant_options: Optional[dict] = None):
     """(model, tokenizer) for a causal LM; the tokenizer gets a pad token and left padding for generation.

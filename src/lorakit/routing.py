@@ -9,6 +9,8 @@ a linear layer takes one of two ways, whatever the number of adapters:
 - long rows (prefill): gather each row's factors, two batched matmuls;
 - short rows (decode, one token per row): every adapter's update for every token in two plain
   matmuls, masked to each row's own adapter, which reads each adapter once instead of once per row.
+Holders that split a batch by row themselves (`routes_rows`: the virtual tokens, each row its own
+prompt or prefix, see `tuners/virtual_inputs.py`) are handed the row names for the block.
 """
 from __future__ import annotations
 
@@ -40,14 +42,17 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
         check_name(model, name)
     used = [n for n in dict.fromkeys(names_per_row) if n is not None]
     configs = adapter_configs(model)
-    tokens = [n for n in used if methods.for_config(configs[n]).kind is Kind.VIRTUAL_TOKENS]
+    found = holders(model)
+    by_row = [h for _, h in found if h.routes_rows]
+    tokens = [n for n in used if methods.for_config(configs[n]).kind is Kind.VIRTUAL_TOKENS
+              and not any(n in h.adapters for h in by_row)]
     if tokens:
         raise NotImplementedError(f"route() cannot mix virtual-token adapters by row ({tokens[0]!r}); use set_adapter")
-    found = holders(model)
     if any(h.merged for _, h in found):
         raise RuntimeError("cannot route rows while an adapter is merged; unmerge first")
     wrappers = [w for _, w in found if isinstance(w, LayerWrapper)]
-    other = [n for n, h in found if not isinstance(h, (LayerWrapper, ModulesToSave)) and any(u in h.adapters for u in used)]
+    other = [n for n, h in found if not isinstance(h, (LayerWrapper, ModulesToSave)) and not h.routes_rows
+             and any(u in h.adapters for u in used)]
     if other:
         raise NotImplementedError(f"route() mixes low-rank layer adapters only, not the adapters at {other[0]}; "
                                   "use set_adapter")
@@ -74,6 +79,8 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
             slot = {name: i + 1 for i, name in enumerate(stacks.names)}
             rows[stacks.names] = torch.tensor([slot.get(n, 0) for n in names_per_row], dtype=torch.long)
         w.__dict__["row_delta"] = _RowDelta(w, stacks, rows[stacks.names])
+    for h in by_row:
+        h.route_rows(names_per_row)
     try:
         yield model
     finally:
@@ -81,6 +88,8 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
             w.__dict__["row_delta"] = None
         for m, active in saved_active:
             m.__dict__["active"] = active
+        for h in by_row:
+            h.route_rows(None)
 
 
 def routable(model: nn.Module, adapter_name: Optional[str]) -> bool:

@@ -105,12 +105,20 @@ VARIANTS = {
             "train.steps=30"),  # 144 scaling entries on this 1-layer, hidden-16 model: slower to move the loss
     "bottleneck": ("method=bottleneck", "bottleneck.placement=houlsby", "bottleneck.bottleneck_size=8"),
 }
+VIRTUAL_TOKEN_VARIANTS = {
+    "prompt_tuning": ("method=prompt_tuning", "prompt_tuning.num_virtual_tokens=4", "train.lr=5e-2"),
+    "p_tuning": ("method=p_tuning", "p_tuning.num_virtual_tokens=4", "train.lr=1e-2"),
+    "prefix_tuning": ("method=prefix_tuning", "prefix_tuning.num_virtual_tokens=4", "train.lr=1e-1", "train.steps=20"),
+}
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_trainer_trains_each_variant_and_saves_a_loadable_adapter(sft_config, variant):
-    drop = ("lora",) if any(o.startswith("method=") for o in VARIANTS[variant]) else ()
-    config = sft_config("train.steps=12", *VARIANTS[variant], drop=drop)
+@pytest.mark.parametrize("variant", list(VARIANTS) + list(VIRTUAL_TOKEN_VARIANTS))
+def test_trainer_trains_each_variant_and_saves_a_loadable_adapter(sft_config, variant, request):
+    overrides = VARIANTS.get(variant) or VIRTUAL_TOKEN_VARIANTS[variant]
+    if variant in VIRTUAL_TOKEN_VARIANTS:  # (the default tiny model's logits hardly move through attention inputs)
+        overrides = (*overrides, f"model.name={request.getfixturevalue('tiny_lm_dir_wide')}")
+    drop = ("lora",) if any(o.startswith("method=") for o in overrides) else ()
+    config = sft_config("train.steps=12", *overrides, drop=drop)
     run = prepare(config)
     result = train(config, run=run, quiet=True, eval_before=True)
     assert result.final_eval.loss < result.first_eval.loss - 0.03, (result.first_eval.loss, result.final_eval.loss)
@@ -260,7 +268,8 @@ def test_classification_with_string_labels_learns_and_saves_its_head(classify_co
         torch.testing.assert_close(base(**batch).logits, run.model(**batch).logits)
 
 
-@pytest.mark.parametrize("method", [("method=ia3", "train.lr=0.1"), ("method=bottleneck", "bottleneck.placement=parallel")])
+@pytest.mark.parametrize("method", [("method=ia3", "train.lr=0.1"), ("method=bottleneck", "bottleneck.placement=parallel"),
+                                    ("method=prompt_tuning", "train.lr=5e-2"), ("method=prefix_tuning", "train.lr=5e-2")])
 def test_classification_trains_other_methods_with_the_head(classify_config, classify_files, method):
     config = classify_config(*method, "data.eval=" + classify_files[0], drop=("lora",))
     run = prepare(config)

@@ -36,7 +36,8 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 BASE_QUANTIZATION_NAME = "base_quantization.json"  # lorakit only: the quantized base of a QLoRA adapter
 PREFIX = "base_model.model."
-TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS",
+PROMPT_PREFIX = "base_model."  # peft's prompt-learning models have no inner wrapper (their heads: base_model.<path>)
+TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS",
               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS",
               "ForConditionalGeneration": "SEQ_2_SEQ_LM"}
 
@@ -48,10 +49,12 @@ class AdapterFormatError(InputError):
 def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """On-disk key → live tensor for everything `adapter_name` saves."""
     out: dict[str, torch.Tensor] = {}
+    method = methods.for_config(adapter_configs(model)[adapter_name])
+    prefix = PREFIX if method.kind is Kind.LAYERS else PROMPT_PREFIX
     for name, holder in holders(model):
         if adapter_name in holder.adapters:
-            out.update({f"{PREFIX}{name}.{k}": t for k, t in holder.saved_tensors(adapter_name).items()})
-    model_tensors = methods.for_config(adapter_configs(model)[adapter_name]).model_tensors
+            out.update({f"{prefix}{name}.{k}": t for k, t in holder.saved_tensors(adapter_name).items()})
+    model_tensors = method.model_tensors
     if model_tensors is not None:
         out.update(model_tensors(model, adapter_name))
     for key, t in bias_parameters(model, adapter_configs(model)[adapter_name].bias_mode).items():
@@ -152,6 +155,9 @@ def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path
                       fan_in_fan_out=any(getattr(model.get_submodule(n), "fan_in_fan_out", False) for n in adapted))
     if method.saved_config is not None:
         update.update(method.saved_config(config, adapted))
+    if method.kind is Kind.VIRTUAL_TOKENS and update["task_type"] is None:
+        raise InputError(f"adapter {adapter_name!r}: set task_type (e.g. CAUSAL_LM, SEQ_CLS) for "
+                         f"{type(model).__name__}: peft applies virtual tokens only for a known task type")
     return config.model_copy(update={k: v for k, v in update.items() if k in type(config).model_fields})
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 from torch import nn
 
 from .. import methods
+from ..errors import UnsupportedOperation
 from ..quant import QUANTIZED_TYPES, to_linear
 from ..state import active_adapter, adapter_configs, forget, holders, replace_module, set_adapter
 from ..tuners.base import Kind
@@ -25,7 +26,8 @@ def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool
         set_adapter(model, adapter_name)
     name = active_adapter(model)
     if name is not None and methods.for_config(adapter_configs(model)[name]).kind is Kind.VIRTUAL_TOKENS:
-        raise NotImplementedError(f"adapter {name!r} adds virtual tokens: it has no weight update to merge")
+        raise UnsupportedOperation(f"adapter {name!r} adds virtual tokens: it has no weight update to merge; "
+                                   "use it as an adapter")
     for _, holder in holders(model):
         holder.merge(safe=safe_merge)
     return model

@@ -84,7 +84,7 @@ class _RunChecks(_Section):
         if self.task is Task.CLASSIFICATION and self.data.format not in (None, "classification"):
             raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
         if self.spec is not None and self.spec.check_run is not None:
-            self.spec.check_run(self.adapter)
+            self.spec.check_run(self.adapter, self)
         for section in METHODS:
             if section == self.method or (section == DEFAULT_METHOD and self.method == FULL):
                 continue  # (full ignores the default method's section, as it always did)

@@ -63,9 +63,12 @@ Adding a method (the recipe)
    a prompt's embeddings), `saved_config` (config fields derived from the trained adapter),
    `load_overrides` (config fields set when loading weights instead of initialising them),
    `check_run` (a trainer-config check that runs before any model loads).
-A virtual-token method (`kind=Kind.VIRTUAL_TOKENS`) brings its own holder; `merge` and `route`
-refuse it with a clear error, everything else (save/load, set_adapter, disable_adapters, delete,
-trainable marking) works through the holder protocol.
+A virtual-token method (`kind=Kind.VIRTUAL_TOKENS`) brings its own holder; `merge` refuses it with a
+clear error, and so does `route` unless its holder sets `routes_rows` (`route_rows(names)`: row i
+gets names[i]'s adapter until called with None; `tuners/virtual_tokens.py` does). Everything else
+(save/load, set_adapter, disable_adapters, delete, trainable marking) works through the holder
+protocol. Their `modules_to_save` copies are saved as `base_model.<path>` (peft's layout for
+prompt-learning methods, which have no inner model wrapper).
 """
 from __future__ import annotations
 
@@ -145,8 +148,9 @@ class Method:
     """(config, {module path: adapter}) -> config fields to write, derived from the live adapter."""
     load_overrides: Mapping[str, Any] = field(default_factory=dict)
     """Config fields set when loading weights from disk (so nothing is initialised for nothing)."""
-    check_run: Optional[Callable[[Any], None]] = None
-    """Raises ValueError for a config the trainer cannot run (checked before the model loads)."""
+    check_run: Optional[Callable[[Any, Any], None]] = None
+    """(method config, whole RunConfig) -> raises ValueError for a run the trainer cannot do (checked before the
+    model loads)."""
 
 
 class AdapterHolder(nn.Module):
@@ -157,6 +161,8 @@ class AdapterHolder(nn.Module):
     """
 
     adapters: nn.ModuleDict
+    routes_rows = False
+    """True: `route_rows(names)` gives batch row i adapter names[i] (see `lorakit.route`)."""
 
     def __init__(self):
         super().__init__()

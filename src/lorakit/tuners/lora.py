@@ -154,7 +154,7 @@ def _hooks(model: nn.Module, adapter_name: str, total_steps: int) -> Optional[Tr
     return PissaHooks() if adapter_configs(model)[adapter_name].init.kind is InitKind.PISSA else None
 
 
-def _check_run(config: LoraConfig) -> None:
+def _check_run(config: LoraConfig, run) -> None:
     if config.use_dora and config.init.kind is InitKind.PISSA:
         raise ValueError("lora.init_lora_weights: PiSSA with use_dora cannot be converted to an adapter for the "
                          "original base after training; use one or the other")
