@@ -128,6 +128,10 @@ class PromptTable(nn.Module):
     def forward(self) -> torch.Tensor:
         return self.embedding.weight
 
+    def table(self) -> Optional[nn.Parameter]:
+        """The tokens as stored (what a file is loaded into), or None when they are computed."""
+        return self.embedding.weight
+
     @torch.no_grad()
     def init_random(self, like: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:
         """Normal with the standard deviation of `like` (the word embeddings), so the virtual tokens start
@@ -178,6 +182,9 @@ class PromptEncoder(nn.Module):
             x = self.lstm_head(x[None])[0][0]
         return self.mlp_head(x)
 
+    def table(self) -> None:
+        return None
+
 
 class PrefixEncoder(nn.Module):
     """Per-layer key/value prefixes, (n, num_layers · 2 · kv_heads · head_dim).
@@ -210,6 +217,9 @@ class PrefixEncoder(nn.Module):
     def forward(self) -> torch.Tensor:
         x = self.embedding.weight
         return x if self.transform is None else self.transform(x)
+
+    def table(self) -> Optional[nn.Parameter]:
+        return self.embedding.weight if self.transform is None else None
 
 
 def saved_tokens(source: nn.Module) -> torch.Tensor:

@@ -188,9 +188,8 @@ class VirtualTokens(AdapterHolder):
         """`prompt_embeddings` (n, width): the live table when the tokens are stored directly (what
         loading copies into), else the encoder's output."""
         source = self.adapters[name]
-        if isinstance(source, PromptTable) or (isinstance(source, PrefixEncoder) and source.transform is None):
-            return source.embedding.weight
-        return saved_tokens(source)
+        table = source.table()
+        return table if table is not None else saved_tokens(source)
 
     def route_rows(self, names: Optional[Sequence[Optional[str]]]) -> None:
         """Give row i of every batch adapter `names[i]`'s tokens (a name not held here: none), until
