@@ -24,7 +24,8 @@ CONFIGS = {  # (lorakit config, peft config), the same method and options
                lambda **kw: peft.PrefixTuningConfig(num_virtual_tokens=5, **kw)),
 }
 TASKS = {"llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM", "bert": "SEQ_CLS"}
-CASES = [(arch, m) for arch in ("llama", "gpt2") for m in CONFIGS] + [("bert", "prompt"), ("bert", "p_tuning_lstm")]
+CASES = ([("llama", m) for m in CONFIGS] + [("gpt2", "prompt"), ("gpt2", "prefix")]
+         + [("bert", "prompt"), ("bert", "p_tuning_lstm")])
 
 
 def _batch():

@@ -84,8 +84,8 @@ def test_left_padded_row_equals_the_row_alone(arch, method):
         torch.testing.assert_close(batch[1, -4:], alone[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["prompt", "p_tuning_lstm", "prefix", "prefix_projection"])
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch, method", [("llama", "prompt"), ("llama", "p_tuning_lstm"), ("llama", "prefix_projection"),
+                                          ("gpt2", "prompt"), ("gpt2", "prefix")])
 def test_generate_with_cache_equals_uncached_greedy(arch, method):
     """Cached, left-padded batch generation gives each row the scores of recomputing it alone, in full."""
     model = _adapted(arch, method)
