@@ -93,9 +93,10 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
 
 
 def routable(model: nn.Module, adapter_name: Optional[str]) -> bool:
-    """Whether `route` can put rows of `adapter_name` (None: the base) in a batch with other adapters'
-    rows: a plain LoRA adapter (not DoRA, VeRA, AdaLoRA, IA³, bottleneck or virtual tokens) with no
-    modules_to_save copies."""
+    """Whether rows of `adapter_name` (None: the base) can share a batch and its running cache with other
+    adapters' rows: a plain LoRA adapter (not DoRA, VeRA, AdaLoRA, IA³ or bottleneck) with no
+    modules_to_save copies. (`route` also mixes virtual-token adapters by row, but their rows start
+    with different cache columns, which one running cache cannot keep: not routable here.)"""
     if adapter_name is None:
         return True
     for _, holder in holders(model):

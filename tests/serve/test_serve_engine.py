@@ -195,3 +195,33 @@ def test_incremental_decoding_equals_a_full_decode(smol_tokenizer):
     for n in range(1, len(ids) + 1):
         engine._decoded(r, ids[:n], final=n == len(ids))
     assert r.text == smol_tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_virtual_token_adapters_join_running_batches_as_if_alone():
+    """Prompt-tuning and prefix-tuning adapters (each its own group: their tokens sit in the cache
+    before every row) next to LoRA and the base: requests joining and leaving decode as alone."""
+    model = tiny_llama(vocab_size=64, hidden_size=64, intermediate_size=128, initializer_range=0.2)
+    lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+                   adapter_name="a")
+    lorakit.inject(model, lorakit.PromptTuningConfig(num_virtual_tokens=5), adapter_name="prompt")
+    lorakit.inject(model, lorakit.PrefixTuningConfig(num_virtual_tokens=3), adapter_name="prefix")
+    with torch.no_grad():
+        for p in model.virtual_tokens.parameters():
+            p.mul_(20)  # (so that the virtual tokens change the answers)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    names = [None, "a", "prompt", "prefix"]
+    jobs = [(names[i % 4], torch.randint(8, 64, (3 + 5 * (i % 4),), generator=g).tolist(), 6 + 4 * (i % 3))
+            for i in range(12)]
+    expected = [_greedy_alone(model, *job, 7) for job in jobs]
+    engine = Engine(model, CharTokenizer(), max_batch=8, max_model_len=128).start()
+    got = Collector(len(jobs))
+    requests = []
+    for i, (adapter, prompt, max_tokens) in enumerate(jobs):
+        requests.append(Request(prompt, adapter, SamplingParams(max_tokens), frozenset({7}), got.sink(i)))
+        engine.submit(requests[-1])
+        if i % 5 == 4:
+            time.sleep(0.05)
+    assert got.done.wait(120)
+    engine.shutdown(5)
+    assert [r.generated[:len(e)] for r, e in zip(requests, expected)] == expected

@@ -12,8 +12,10 @@ One thread runs `_loop`; nothing else touches the model. Each turn of the loop:
    finished (end-of-turn token, a stop string, max_tokens or the context length).
 
 Groups: plain LoRA adapters and the base model mix freely in one forward (`route`). An adapter
-that `route` cannot mix (DoRA, VeRA, AdaLoRA, modules_to_save) runs as its own group: its rows are
-batched together with `set_adapter`, so a step costs one forward per such adapter in use.
+that `route` cannot mix (DoRA, VeRA, AdaLoRA, modules_to_save, virtual tokens) runs as its own
+group: its rows are batched together with `set_adapter`, so a step costs one forward per such
+adapter in use. (A prompt- or prefix-tuning adapter's prefill puts its virtual tokens in the cache
+before every row; the group's mask is widened to cover them, so rows can still join and leave.)
 
 Greedy decoding equals `lorakit generate` (HF `generate`) for the same prompt and adapter: positions
 count only a row's real tokens, left padding is masked out, and each row's cache holds exactly
@@ -337,6 +339,9 @@ class Engine:
         joining.positions = mask.sum(1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         logits = self._forward(key, joining, ids, positions)
+        added = joining.cache.get_seq_length() - joining.mask.shape[1]
+        if added > 0:  # columns the model put before every row (virtual tokens: prompt / prefix tuning)
+            joining.mask = torch.nn.functional.pad(joining.mask, (added, 0), value=1)
         joining.last = self._sample(requests, logits)
         batch = self.groups.setdefault(key, _Batch())
         first_new = len(batch.requests)

@@ -20,7 +20,10 @@ prefix (prefix tuning, P-tuning v2), every call:
 These are peft's semantics (same logits for the real tokens) with positions kept per row, so a
 left-padded row gives what the unpadded row gives, and `model.generate` works through the
 transformers 5 cache: generation's own position ids and masks count real tokens only and are
-shifted here. Only 2D attention masks are accepted (packed rows with 4D masks are refused).
+shifted here. A decoding caller whose mask already spans the whole cache (it widened its mask by
+the columns the prefill added, as `lorakit.serve`'s engine does, so it can trim and join cache
+rows) gets its mask as it is; positions are shifted either way. Only 2D attention masks are
+accepted (packed rows with 4D masks are refused).
 
 Per row (`route()`: row i has its own source or none): the prefixes, padded on the left to the
 longest (P), lead the cache; each row's embedding tokens (E_i, the longest E) join its text in a
@@ -57,8 +60,10 @@ def add_embeddings(source: nn.Module, kw: dict, spec: ModelSpec, backbone: nn.Mo
     """Prompt tuning / P-tuning for every row; returns how many leading output positions to drop
     (0 on decoding steps, whose cache already holds the tokens)."""
     n = source.embedding.num_embeddings
-    if _cached_length(kw, spec) > 0:
-        _extend_mask(kw, n)
+    cached = _cached_length(kw, spec)
+    if cached > 0:
+        if not _covers_cache(kw, cached):
+            _extend_mask(kw, n)
         _shift_positions(kw, n, prepend=False)
         return 0
     embeds = _input_embeddings(kw, backbone)
@@ -77,7 +82,8 @@ def add_prefix(source: nn.Module, kw: dict, spec: ModelSpec, backbone: nn.Module
     n = source.embedding.num_embeddings
     batch, length = _batch_and_length(kw)
     cache = _cache(kw, spec, backbone)
-    if cache.get_seq_length() == 0:
+    cached = cache.get_seq_length()
+    if cached == 0:
         dtype = backbone.get_input_embeddings().weight.dtype
         kv = _per_layer(source().to(dtype), spec)  # (layers, 2, kv_heads, n, head_dim)
         for layer in range(spec.num_layers):
@@ -85,7 +91,7 @@ def add_prefix(source: nn.Module, kw: dict, spec: ModelSpec, backbone: nn.Module
     if kw.get("attention_mask") is None:
         kw["attention_mask"] = torch.ones(batch, cache.get_seq_length() + length, dtype=torch.long,
                                           device=_device(kw))
-    else:
+    elif not (cached and _covers_cache(kw, cached)):
         _extend_mask(kw, n)
     _shift_positions(kw, n, prepend=False)
 
@@ -131,7 +137,9 @@ def add_per_row(sources: Sequence[Optional[nn.Module]], kw: dict, spec: ModelSpe
     if e and cached == 0:
         strip = _insert_per_row(sources, sizes, kw, backbone, text_mask, positions, right_aligned=generating)
         text_mask, positions = kw.pop("attention_mask"), kw.pop("position_ids")
-    kw["attention_mask"] = torch.cat([lead.to(text_mask.dtype), text_mask], dim=1)
+    if not (cached and _covers_cache(kw, cached)):
+        text_mask = torch.cat([lead.to(text_mask.dtype), text_mask], dim=1)
+    kw["attention_mask"] = text_mask
     kw["position_ids"] = positions
     return strip
 
@@ -240,6 +248,13 @@ def _input_embeddings(kw: dict, backbone: nn.Module) -> torch.Tensor:
     if ids is None:
         raise InputError("virtual tokens: the model was called without input_ids or inputs_embeds")
     return backbone.get_input_embeddings()(ids)
+
+
+def _covers_cache(kw: dict, cached: int) -> bool:
+    """Whether the call's mask already spans every cached column and the new ones (a caller that keeps
+    its own mask over its cache, virtual tokens included, like `lorakit.serve`'s engine)."""
+    mask = kw.get("attention_mask")
+    return mask is not None and mask.dim() == 2 and mask.shape[1] == cached + _batch_and_length(kw)[1]
 
 
 def _extend_mask(kw: dict, n: int) -> None:

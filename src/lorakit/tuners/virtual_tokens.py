@@ -192,14 +192,16 @@ class VirtualTokens(AdapterHolder):
         return table if table is not None else saved_tokens(source)
 
     def route_rows(self, names: Optional[Sequence[Optional[str]]]) -> None:
-        """Give row i of every batch adapter `names[i]`'s tokens (a name not held here: none), until
-        called with None. Used by `lorakit.route`; inference only."""
+        """Give row i of every batch adapter `names[i]`'s tokens (a name not held here: none; the
+        active adapter does not apply), until called with None. Used by `lorakit.route`; inference only."""
         rows = None if names is None else [self.adapters[n] if n in self.adapters else None for n in names]
-        self.__dict__["rows"] = rows if rows is not None and any(r is not None for r in rows) else None
+        self.__dict__["rows"] = rows
 
     def _before(self, module: nn.Module, args: tuple, kwargs: dict):
         self.__dict__["strip"] = 0
         source, rows = self.active, self.rows
+        if rows is not None and all(r is None for r in rows):
+            return None  # (routed rows without virtual tokens)
         if source is None and rows is None:
             return None
         kw = {**dict(zip(self.positional, args)), **kwargs}
