@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional
 
@@ -61,7 +62,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except user_errors() as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"lorakit {args.command}: error: {message}", file=sys.stderr)
+        rank = f" (rank {os.environ['RANK']})" if os.environ.get("WORLD_SIZE", "1") != "1" else ""  # under torchrun
+        print(f"lorakit {args.command}{rank}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -1,7 +1,12 @@
 """`lorakit train`, `quickstart` and `inspect`: runs from a config."""
 from __future__ import annotations
 
-from .common import RAW, config_epilog
+import argparse
+import os
+import sys
+
+from ..errors import InputError
+from .common import RAW, config_epilog, positive_int
 
 
 def cmd_train(args) -> int:
@@ -9,13 +14,39 @@ def cmd_train(args) -> int:
     from ..train.config import RunConfig
     from ..train.loop import train
 
-    config = load_config(RunConfig, args.config, args.overrides)
+    config = load_config(RunConfig, args.config, args.overrides)  # checked here, before any process starts
+    if args.nproc is not None:
+        return _launch(args)
+    if args.max_restarts is not None:
+        raise InputError("--max-restarts goes with --nproc N (or use torchrun --max-restarts)")
     result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0
     ev = result.final_eval
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in (ev.metrics() if ev else {}).items())
     print(f"done: {result.steps} steps in {result.seconds:.0f}s; {metrics}")
     print(f"saved: {result.adapter_dir}  (metrics.jsonl, loss_curve.png and config.yaml in {result.output_dir})")
     return 0
+
+
+def _restarts(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of restarts (0 or more), got {text!r}")
+    return int(text)
+
+
+def _launch(args) -> int:
+    """`--nproc N`: replace this process by torchrun running the same command on N local processes."""
+    from ..train.distributed import launch_command
+
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        raise InputError("--nproc inside a torchrun launch: give torchrun the process count, not lorakit")
+    argv = ["train", args.config, *args.overrides] + ["--resume"] * args.resume + ["--debug"] * bool(args.debug)
+    command = launch_command(args.nproc, argv, args.max_restarts or 0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 def cmd_quickstart(args) -> int:
@@ -52,6 +83,11 @@ def register(sub, parent) -> None:
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 lora.r=8")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train on N local processes: runs `torchrun --standalone --nproc-per-node N -m lorakit train ...`")
+    p.add_argument("--max-restarts", type=_restarts, metavar="K",
+                   help="with --nproc: restart all processes up to K times after a failure; they resume from the "
+                        "newest checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("quickstart", parents=[parent],

@@ -54,6 +54,11 @@ class TrainSection(_Section):
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="Stop after N evals without eval-loss gain.")
     seed: int = Field(0, description="Seed for init, data order and dropout.")
     log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="Under torchrun: ddp (replicated model, gradients all-reduced) or fsdp (FSDP2: parameters "
+        "sharded per layer); auto: fsdp for full fine-tuning or a base too big for one GPU, else ddp.")
+    distributed_timeout_s: float = Field(
+        1800, gt=0, description="Under torchrun: seconds a rank waits for the others before the job fails.")
 
 
 class EvalSection(_Section):
@@ -85,6 +90,9 @@ class _RunChecks(_Section):
             raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
         if self.spec is not None and self.spec.check_run is not None:
             self.spec.check_run(self.adapter, self)
+        if self.train.distributed == "fsdp" and self.model.quantization:
+            raise ValueError("train.distributed: fsdp: a quantized base lives in buffers, which FSDP does not shard; "
+                             "use train.distributed: ddp (or auto)")
         for section in METHODS:
             if section == self.method or (section == DEFAULT_METHOD and self.method == FULL):
                 continue  # (full ignores the default method's section, as it always did)

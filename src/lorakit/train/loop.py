@@ -3,6 +3,10 @@
 Loss normalisation: an optimizer step takes `grad_accum` micro-batches, counts the target tokens
 (classification: examples) over all of them first, and backpropagates Σloss / total for each, so
 k micro-batches give exactly the gradient of one batch holding all their rows.
+
+Under torchrun the same loop runs on every rank (`distributed.py`): each step takes `grad_accum` micro-batches
+per rank, the target count is summed over ranks before any backward, gradients are averaged by DDP / FSDP
+(so the loss is scaled by the world size), and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..io import save_adapter
 from ..tuners.base import NO_HOOKS, TrainingHooks
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import RunConfig, Task
 from .evaluate import EvalResult, score
 from .losses import count_targets
@@ -48,66 +52,92 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def evaluate(run: Prepared, config: RunConfig, generate: bool = True) -> EvalResult:
-    """Eval loss / perplexity, and exact match (chat data) or accuracy (classification)."""
+def evaluate(run: Prepared, config: RunConfig, generate: bool = True,
+             replica: Optional[distributed.Replica] = None) -> EvalResult:
+    """Eval loss / perplexity, and exact match (chat data) or accuracy (classification).
+    Under torchrun (`replica`), every rank evaluates the whole held-out set and gets the same figures."""
     if run.eval_batches is None:
         return EvalResult()
+    model, loss_sum = replica.evaluation() if replica is not None else (run.model, run.loss_sum)
     conversations = run.eval_conversations if generate and config.eval.generate else None
-    return score(run.model, lambda: _one_epoch(run.eval_batches), run.loss_sum, config.task is Task.CLASSIFICATION,
+    return score(model, lambda: _one_epoch(run.eval_batches), loss_sum, config.task is Task.CLASSIFICATION,
                  run.tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch_size)
 
 
 def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = None,
           eval_before: bool = False, quiet: bool = False) -> TrainResult:
-    """Run one training job described by `config`; returns losses, evals and where things were saved."""
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    found = checkpoint.latest(out) if resume else None
-    if resume and found is None:  # before the model loads: a wrong output_dir fails in a second
-        raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(out)}")
+    """Run one training job described by `config`; returns losses, evals and where things were saved.
+    Under torchrun every rank calls this; see `distributed.py`."""
+    ctx = distributed.setup(config.train.distributed_timeout_s)
+    result = _train(config, ctx, resume, run, eval_before, quiet)  # a rank that raises exits; torchrun stops the rest
+    ctx.barrier()  # the adapter is on disk before any rank returns
+    return result
+
+
+def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optional[Prepared],
+           eval_before: bool, quiet: bool) -> TrainResult:
+    out, main = config.out, ctx.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    found = _checkpoint_to_resume(config, ctx, resume)  # before the model loads: a wrong output_dir fails in a second
+    resume = found is not None
     run = run or prepare(config)
     model, tc = run.model, config.train
-    params = [p for p in model.parameters() if p.requires_grad]
+    total = tc.steps or max(1, math.ceil(tc.epochs * len(run.train_batches) / (tc.grad_accum * ctx.world)))
+    hooks = _hooks(model, config, total)  # the method's extras: loss terms, per-step work (e.g. AdaLoRA's ranks)
+    hooks.start(model, out, lambda d: save_adapter(model, d, base_model_name_or_path=config.model.name) if main
+                else None)  # before any update (and before sharding)
+    if ctx.world > 1:
+        torch.manual_seed(tc.seed + 1_000_003 * ctx.rank)  # same init on every rank (prepare), own dropout masks
+    replica = distributed.Replica(model, run.loss_sum, ctx, distributed.choose_strategy(config, model, ctx, hooks))
+    if main and ctx.launched and not quiet:
+        tqdm.write(f"torchrun: {ctx.world} processes ({ctx.device.type}), {replica.strategy}")
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: FSDP's parameters
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, loraplus_lr_ratio=tc.loraplus_lr_ratio)
-    total = tc.steps or max(1, math.ceil(tc.epochs * len(run.train_batches) / tc.grad_accum))
     scheduler = build_scheduler(optimizer, total, tc.warmup_steps, tc.schedule)
-    hooks = _hooks(model, config, total)  # the method's extras: loss terms, per-step work (e.g. AdaLoRA's ranks)
-    hooks.start(model, out, lambda d: save_adapter(model, d, base_model_name_or_path=config.model.name))
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if main:
+        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     result = TrainResult(out, total)
     if eval_before:
-        result.first_eval = evaluate(run, config)
+        result.first_eval = evaluate(run, config, replica=replica)
     state = {"best_eval_loss": None, "bad_evals": 0, "batches": run.train_batches.state_dict()}
     start = 0
     if resume:
-        state = checkpoint.restore(found, model, optimizer, scheduler)
+        with distributed.whole_state(replica, optimizer, load=True):
+            state = checkpoint.restore(found, model, optimizer, scheduler)
+        if ctx.launched:
+            distributed.restore_rng(found, ctx)
         run.train_batches.load_state_dict(state["batches"])
         start = state["step"]
         hooks.load(model, found)
-    log = MetricsLog(out, resume=resume, until_step=start)
-    stream = _forever(run.train_batches)
+    log = MetricsLog(out, resume=resume, until_step=start) if main else None
+    steps = distributed.step_batches(run.train_batches, ctx, tc.grad_accum)
     fault_step = int(os.environ.get("LORAKIT_FAULT_AFTER_STEP", "0"))  # tests: simulate a kill
 
     model.train()
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=quiet or not main, dynamic_ncols=True)
     t0, tokens_seen = time.perf_counter(), 0
     for step in range(start + 1, total + 1):
-        micro = [next(stream) for _ in range(tc.grad_accum)]
-        n_targets = sum(count_targets(b) for b in micro)
-        loss_total = 0.0
-        for batch in micro:
-            loss = run.loss_sum(model, batch) / max(n_targets, 1)
-            extra = hooks.regularizer(model)
-            if extra is not None:
-                loss = loss + extra / len(micro)
-            loss.backward()
-            loss_total += float(loss.detach())
-            tokens_seen += _real_tokens(batch)
+        micro = next(steps)
+        # the target count of the whole step, all ranks together; DDP / FSDP average gradients over ranks
+        (n_targets,) = ctx.sum(sum(count_targets(b) for b in micro))
+        loss_total, step_tokens = 0.0, 0
+        for i, batch in enumerate(micro):
+            with replica.accumulating(last=i == len(micro) - 1):
+                loss = replica.loss_sum(batch) * ctx.world / max(n_targets, 1)
+                extra = hooks.regularizer(model)
+                if extra is not None:
+                    loss = loss + extra / len(micro)
+                loss.backward()
+            loss_total += float(loss.detach()) / ctx.world
+            step_tokens += _real_tokens(batch)
+        loss_total, step_tokens = ctx.sum(loss_total, step_tokens)
+        n_targets, tokens_seen = int(n_targets), tokens_seen + int(step_tokens)
         # max_norm=inf measures without clipping; a non-finite gradient would poison the weights (and checkpoints)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm or math.inf))
+        grad_norm = replica.clip(params, tc.max_grad_norm or math.inf)
         if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
             last = checkpoint.latest(out)
             kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
@@ -124,26 +154,28 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / elapsed:.0f}", refresh=False)
         bar.update(1)
-        if step % tc.log_every == 0 or step == total:
+        if main and (step % tc.log_every == 0 or step == total):
             log.write({"split": "train", "step": step, "loss": loss_total, "lr": lr, "targets": n_targets,
                        "tokens_per_s": tokens_seen / elapsed, "elapsed_s": round(elapsed, 3)})
 
         last_step = step == total
         if run.eval_batches is not None and ((tc.eval_every and step % tc.eval_every == 0) or last_step):
-            ev = evaluate(run, config, generate=last_step)
-            log.write({"split": "eval", "step": step, **ev.metrics()})
+            ev = evaluate(run, config, generate=last_step, replica=replica)
+            if main:
+                log.write({"split": "eval", "step": step, **ev.metrics()})
             result.final_eval = ev
             if ev.loss is not None and (state["best_eval_loss"] is None or ev.loss < state["best_eval_loss"]):
                 state["best_eval_loss"], state["bad_evals"] = ev.loss, 0
             else:
                 state["bad_evals"] += 1
             if tc.early_stopping_patience and state["bad_evals"] >= tc.early_stopping_patience and not last_step:
-                bar.write(f"early stopping at step {step}: eval loss did not improve for {state['bad_evals']} evals")
+                if main:
+                    bar.write(f"early stopping at step {step}: eval loss did not improve for {state['bad_evals']} evals")
                 result.stopped_early = True
         if (tc.save_every and step % tc.save_every == 0) or last_step or result.stopped_early:
             state["batches"] = run.train_batches.state_dict()
-            checkpoint.save(out, step, model, optimizer, scheduler, state,
-                            lambda d: _write_artifacts(run, config, d, hooks, checkpointing=True), tc.keep_last)
+            _save_checkpoint(run, config, ctx, replica, optimizer, scheduler, step, dict(state, world_size=ctx.world),
+                             hooks)
         if fault_step and step == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if result.stopped_early:
@@ -152,11 +184,52 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     bar.close()
     result.seconds = time.perf_counter() - t0
     if result.stopped_early and result.final_eval is not None and run.eval_conversations:
-        result.final_eval = evaluate(run, config)
-    result.adapter_dir = _write_artifacts(run, config, out, hooks)
-    log.close()
-    plot_loss(log.rows(), out / "loss_curve.png")
+        result.final_eval = evaluate(run, config, replica=replica)
+    with distributed.whole_state(replica, optimizer):
+        if main:
+            result.adapter_dir = _write_artifacts(run, config, out, hooks)
+    if main:
+        log.close()
+        plot_loss(log.rows(), out / "loss_curve.png")
     return result
+
+
+def _save_checkpoint(run: Prepared, config: RunConfig, ctx: distributed.Context, replica: distributed.Replica,
+                     optimizer, scheduler, step: int, state: dict, hooks: TrainingHooks) -> None:
+    """Rank 0 writes checkpoint `step` (FSDP: from shards gathered for it); every rank waits for it, so a
+    rank killed right after finds the checkpoint complete."""
+    rng = distributed.rng_tensors(ctx) if ctx.launched else None
+
+    def extras(directory: Path) -> None:
+        _write_artifacts(run, config, directory, hooks, checkpointing=True)
+        if rng is not None:
+            from safetensors.torch import save_file
+
+            save_file(rng, str(directory / distributed.RNG_FILE))
+
+    with distributed.whole_state(replica, optimizer):
+        if ctx.is_main:
+            checkpoint.save(config.out, step, run.model, optimizer, scheduler, state, extras, config.train.keep_last)
+    ctx.barrier()
+
+
+def _checkpoint_to_resume(config: RunConfig, ctx: distributed.Context, resume: bool) -> Optional[Path]:
+    """The newest checkpoint when resuming (`--resume`, or workers restarted by torchrun --max-restarts, which
+    take it only if it holds this same config); None for a fresh start. Every rank takes rank 0's choice and
+    must be able to read it (multi-node: output_dir on storage every node sees)."""
+    found = checkpoint.latest(config.out) if resume or ctx.restarts else None
+    if resume and found is None:
+        raise TrainingError(f"--resume: no checkpoint under {checkpoint.checkpoint_root(config.out)}")
+    if not resume and found is not None:
+        saved = found / "config.yaml"
+        if not (saved.is_file() and yaml.safe_load(saved.read_text()) == config.model_dump(mode="json")):
+            found = None
+    found = ctx.broadcast(found)
+    if found is not None:
+        if not (found / "trainer_state.json").is_file():
+            raise TrainingError(f"rank {ctx.rank} cannot read {found}: output_dir must be on storage every node sees")
+        distributed.check_resumable(found, ctx)
+    return found
 
 
 def _hooks(model, config: RunConfig, total: int) -> TrainingHooks:
@@ -190,11 +263,6 @@ def _real_tokens(batch: dict) -> int:
     """Non-padding tokens of a padded batch (packed rows carry almost no padding: counted whole)."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
-
-
-def _forever(loader) -> Iterator[dict]:
-    while True:
-        yield from loader
 
 
 def _one_epoch(loader) -> Iterator[dict]:
