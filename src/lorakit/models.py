@@ -91,7 +91,12 @@ def gguf_to_cache(gguf: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         _save_plain(model, tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp)  # another process (a torchrun rank) converted it meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
