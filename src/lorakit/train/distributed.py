@@ -60,15 +60,12 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     restarts: int = 0
     """How often torchrun restarted the workers (`--max-restarts`); a restart resumes from the newest checkpoint."""
+    launched: bool = False
+    """Started by torchrun (there is a process group), whatever the world size."""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def launched(self) -> bool:
-        """Started by torchrun (a process group exists), whatever the world size."""
-        return dist.is_available() and dist.is_initialized()
 
     def sum(self, *values: float) -> list[float]:
         """Each value summed over all ranks (one all-reduce, float64)."""
@@ -128,7 +125,7 @@ def setup(timeout_s: float = 1800) -> Context:
     if not dist.is_initialized():
         _init_group(backend, device, timedelta(seconds=timeout_s), restarts)
     return Context(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, device=device,
-                   restarts=restarts)
+                   restarts=restarts, launched=True)
 
 
 def _init_group(backend: str, device: torch.device, timeout: timedelta, restarts: int) -> None:
