@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import InputError
 from .common import RAW, positive_int
@@ -16,20 +17,45 @@ EPILOG = """examples:
 
 
 def cmd_serve(args) -> int:
-    import importlib.util
-
     from ..serve.launch import ServeOptions, parse_adapter_specs, serve
+    from .ui import need_serve_extra
 
-    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise InputError(f"lorakit serve needs {' and '.join(missing)}: pip install 'lorakit[serve]'")
+    need_serve_extra("serve")
+    extend = None
+    if args.ui:
+        extend, args.adapter_dir, args.api_key = _dashboard(args)
+    elif args.data or args.configs or args.runs is not None or args.max_runs != 1:
+        raise InputError("--runs, --data, --configs and --max-runs go with --ui")
     options = ServeOptions(
         model=args.model, adapters=parse_adapter_specs(args.adapter), adapter_dir=args.adapter_dir,
         host=args.host, port=args.port, api_key=args.api_key, quantization=args.quantization,
         max_batch=args.max_batch, max_model_len=args.max_model_len, max_loaded_adapters=args.max_loaded_adapters,
         max_waiting=args.max_waiting,
     )
-    return serve(options)
+    return serve(options, extend)
+
+
+def _dashboard(args):
+    """`--ui`: the dashboard's settings checked now; the adapter directory defaults to the runs (so the
+    playground can load their adapters); off loopback a key is required (made up and printed if none)."""
+    from ..ui.launch import access_key, add_to_server, is_loopback, settings_for
+    from .ui import ui_options
+
+    args.runs = args.runs or args.adapter_dir or "runs"
+    key, made_up = access_key(args.host, args.api_key)
+    args.api_key = key
+    options = ui_options(args)
+    settings_for(options.runs, options.data, options.configs, key, options.max_runs)
+    adapter_dir = args.adapter_dir or options.runs
+    if not os.path.isdir(adapter_dir):
+        os.makedirs(adapter_dir, exist_ok=True)
+
+    def extend(app):
+        served = add_to_server(app, options, loopback=is_loopback(args.host))
+        print(f"lorakit serve: dashboard at http://{args.host}:{args.port}/ui/"
+              f"{'#token=' + key if made_up else ''}", flush=True)
+        return served
+    return extend, adapter_dir, key
 
 
 def port_number(text: str) -> int:
@@ -60,4 +86,8 @@ def register(sub, parent) -> None:
                         "evicted and reloaded on demand")
     p.add_argument("--max-waiting", type=positive_int, metavar="N", default=256,
                    help="queued requests beyond which new ones get 429 (default 256)")
+    p.add_argument("--ui", action="store_true", help="also serve the web dashboard at /ui/ (see lorakit ui)")
+    from .ui import dashboard_args
+
+    dashboard_args(p, runs_default=None)
     p.set_defaults(func=cmd_serve)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import InputError
 from ..io import CONFIG_NAME, WEIGHTS_NAME, read_base_quantization, read_config
@@ -125,12 +125,14 @@ def build_app(options: ServeOptions):
     return create_app(engine, registry, api_key=options.api_key, drain_timeout=options.drain_timeout)
 
 
-def serve(options: ServeOptions) -> int:
-    """Run the server until Ctrl-C / SIGTERM; in-flight requests finish first (bounded wait)."""
+def serve(options: ServeOptions, extend: Optional[Callable] = None) -> int:
+    """Run the server until Ctrl-C / SIGTERM; in-flight requests finish first (bounded wait).
+    `extend(app)` returns the ASGI app to serve instead (e.g. with the dashboard added)."""
     import uvicorn
 
     options.api_key = options.api_key or os.environ.get("LORAKIT_API_KEY") or None
     app = build_app(options)
+    served = extend(app) if extend is not None else app
     registry = app.state.registry
     url = f"http://{options.host}:{options.port}"
 
@@ -149,7 +151,7 @@ def serve(options: ServeOptions) -> int:
 
     print(f"lorakit serve: models {', '.join(registry.names()[0 if app.state.engine else 1:])}"
           f"{' (API key required)' if options.api_key else ''}", flush=True)
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
+    config = uvicorn.Config(served, host=options.host, port=options.port, log_level="warning",
                             timeout_graceful_shutdown=int(options.drain_timeout))
     Server(config).run()
     print("lorakit serve: stopped", flush=True)
