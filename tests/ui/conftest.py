@@ -1,6 +1,11 @@
 """Fixtures for the dashboard tests: a runs directory with real tiny runs (trained by `lorakit.train`
-on a tiny Llama over SmolLM2's tokenizer), a live one, a failed one; a data directory holding the
-data and the tiny base; a configs directory; and the dashboard served by uvicorn on 127.0.0.1."""
+on the suite's tiny Llama over SmolLM2's tokenizer), a live one, a failed one; a data directory
+holding the data and the tiny base; a configs directory; and the dashboard served by uvicorn on
+127.0.0.1.
+
+A few steps on a hidden-16 model leave two adapters that answer alike (both repeat one token), so
+after training each run's `lora_B` is redrawn at random (seeded per run): the playground tests
+need adapters whose greedy answers differ."""
 import json
 import shutil
 import time
@@ -9,12 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import save_tiny_lm
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-RUN_STEPS = 6
+RUN_STEPS = 4
 
 
 def tiny_run_config(data: Path, out: Path, **train) -> dict:
@@ -23,7 +27,7 @@ def tiny_run_config(data: Path, out: Path, **train) -> dict:
         "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
         "data": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl"), "max_length": 64,
                  "max_tokens": 128},
-        "train": {"steps": RUN_STEPS, "lr": 2e-2, "schedule": "constant", "eval_every": 3, "save_every": 3, **train},
+        "train": {"steps": RUN_STEPS, "lr": 2e-2, "schedule": "constant", "eval_every": 2, "save_every": 2, **train},
         "eval": {"max_new_tokens": 4, "generate": False},
         "output_dir": str(out),
     }
@@ -41,8 +45,22 @@ def write_live_run(runs: Path, name: str = "live", rows: int = 3) -> Path:
     return run
 
 
+def redraw_lora_b(adapter: Path, seed: int) -> None:
+    """Replace every lora_B tensor of a saved adapter with seeded noise (std 1), in place."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    generator = torch.Generator().manual_seed(seed)
+    for key, value in tensors.items():
+        if ".lora_B." in key:
+            tensors[key] = torch.randn(value.shape, generator=generator).to(value.dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 @pytest.fixture(scope="session")
-def ui_root(tmp_path_factory, smol_tokenizer, sft_files):
+def ui_root(tmp_path_factory, tiny_lm_dir, sft_files):
     """`runs/` (alpha, beta: trained; live; broken), `data/` (tiny-base, train/eval.jsonl), `configs/`."""
     from lorakit.config import load_config
     from lorakit.train.config import RunConfig
@@ -52,15 +70,15 @@ def ui_root(tmp_path_factory, smol_tokenizer, sft_files):
     data, runs, configs = root / "data", root / "runs", root / "configs"
     for d in (data, runs, configs):
         d.mkdir()
-    save_tiny_lm(data / "tiny-base", smol_tokenizer, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    shutil.copytree(tiny_lm_dir, data / "tiny-base")
     shutil.copy(sft_files[0], data / "train.jsonl")
     shutil.copy(sft_files[1], data / "eval.jsonl")
-    for name, train_options in (("alpha", {}), ("beta", {"lr": 5e-2, "seed": 1})):
+    for seed, (name, train_options) in enumerate((("alpha", {}), ("beta", {"lr": 5e-2, "seed": 1}))):
         config = tiny_run_config(data, runs / name, **train_options)
         if name == "beta":
             config["lora"]["r"] = 8
         train(load_config(RunConfig, None, [], base=config), quiet=True)
+        redraw_lora_b(runs / name / "adapter", seed)
     example = tiny_run_config(data, runs / "unused")
     example.pop("output_dir")
     (configs / "tiny.yaml").write_text(yaml.safe_dump(example, sort_keys=False))

@@ -3,13 +3,15 @@ table, a live curve, a comparison, the playground streaming from tiny adapters, 
 
 Every page must load without a JavaScript error (console errors and uncaught exceptions fail the test)."""
 import json
-import time
+import os
 
 import pytest
 
 from browser import launch, missing
 from conftest import RUN_STEPS, write_live_run
 
+if missing() is not None and os.environ.get("LORAKIT_REQUIRE_BROWSER"):  # CI (.ci/run) installs chromium
+    raise RuntimeError(f"LORAKIT_REQUIRE_BROWSER is set, but {missing()}")
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
 TIMEOUT_MS = 30_000
@@ -58,7 +60,8 @@ def test_loss_curve_updates_when_a_metrics_row_is_appended(page, ui_root):
         f.write(json.dumps({"split": "train", "step": 4, "loss": 0.5, "lr": 1e-3}) + "\n")
         f.write(json.dumps({"split": "eval", "step": 4, "loss": 0.9}) + "\n")
     page.wait_for_selector(f'{curve}[data-points="4"]', timeout=10_000)
-    page.wait_for_selector('svg[data-chart="loss"] path[data-series="eval"][data-points="1"]')
+    page.wait_for_selector('svg[data-chart="loss"] path[data-series="eval"][data-points="1"]', state="attached")
+    assert page.locator('svg[data-chart="loss"] circle').count() >= 1  # a lone eval point is drawn as a marker
     assert page.text_content(".toolbar .status") == "running"
 
 
@@ -94,7 +97,8 @@ def test_playground_streams_from_adapters_and_switching_changes_the_answer(page,
     page.click("#pg-send")  # the first message also loads the adapters' base model
     a = page.wait_for_selector('#pg-side-a .msg.assistant[data-done="1"]', timeout=60_000)
     b = page.wait_for_selector('#pg-side-b .msg.assistant[data-done="1"]', timeout=60_000)
-    assert a.text_content() == expected["alpha"] and b.text_content() == expected["beta"]
+    # the reply as streamed keeps its first token's leading space; generate() strips it
+    assert a.text_content().strip() == expected["alpha"] and b.text_content().strip() == expected["beta"]
     assert page.evaluate("window.__updates") > 3  # the reply arrived in pieces, not at once
     assert "<|im_start|>user\n" + prompt in page.text_content("#pg-prompt-a")
     page.click("#pg-clear")
@@ -103,7 +107,7 @@ def test_playground_streams_from_adapters_and_switching_changes_the_answer(page,
     page.fill("#pg-input", prompt)
     page.click("#pg-send")
     again = page.wait_for_selector('#pg-side-a .msg.assistant[data-done="1"]', timeout=60_000)
-    assert again.text_content() == expected["beta"]
+    assert again.text_content().strip() == expected["beta"]
 
 
 def test_bad_config_field_shows_its_error_beside_it(page):
@@ -116,13 +120,11 @@ def test_bad_config_field_shows_its_error_beside_it(page):
     page.wait_for_selector('[data-key="lora.r"].invalid')
     assert page.text_content('[data-error-for="lora.r"]') == "Input should be greater than 0"
     assert "valid number" in page.text_content('[data-error-for="train.lr"]')
-    page.click("#new-launch")
-    page.wait_for_timeout(300)
-    assert "/new" in page.url
+    assert page.is_disabled("#new-launch")  # nothing launches while a field is invalid
     page.fill('[data-key="lora.r"] input', "2")
     page.fill('[data-key="train.lr"] input', "1e-2")
     page.wait_for_selector("#new-state.ok")
-    assert page.text_content('[data-error-for="lora.r"]') == ""
+    assert page.text_content('[data-error-for="lora.r"]') == "" and page.is_enabled("#new-launch")
 
 
 def test_launch_watch_and_stop_a_run_from_the_page(page, ui_root):
@@ -138,6 +140,6 @@ def test_launch_watch_and_stop_a_run_from_the_page(page, ui_root):
     page.wait_for_selector('svg[data-chart="loss"] path[data-series="train"]', timeout=120_000)  # it trains
     assert page.text_content(".toolbar .status") == "running"
     page.click("#stop-button")
-    page.wait_for_function("document.querySelector('.toolbar .status').textContent === 'stopped'", timeout=30_000)
+    page.wait_for_selector('.toolbar .status:text-is("stopped")', timeout=30_000)
     record = json.loads((ui_root / "runs" / "from-page" / "launch.json").read_text())
     assert record["stopped"] and record["exit_code"] is not None

@@ -113,6 +113,7 @@ export async function newRunView(view, ctx) {
     general.textContent = messages.join("\n");
     state.textContent = report.ok ? "valid" : `${Object.keys(report.errors).length + (report.general || []).length} problem(s)`;
     state.className = report.ok ? "ok" : "error-text";
+    launch.disabled = !report.ok;
   }
 
   let timer = null, seq = 0;
@@ -162,9 +163,7 @@ export async function newRunView(view, ctx) {
       location.hash = "#/run/" + encodeURIComponent(id);
     } catch (e) {
       if (e instanceof ApiError && e.body && e.body.errors) showErrors({ ok: false, ...e.body });
-      else showBanner(e.message);
-    } finally {
-      launch.disabled = false;
+      else { showBanner(e.message); launch.disabled = false; }
     }
   });
   inputs["method"] && inputs["method"].input.addEventListener("change", visibleSections);
