@@ -49,6 +49,12 @@ def test_runs_table_lists_the_fixture_runs(page):
     assert page.text_content('tr[data-run="alpha"] .steps').strip() == f"{RUN_STEPS} / {RUN_STEPS}"
     assert float(page.text_content('tr[data-run="alpha"] .eval-loss')) > 0
     assert "file not found" in page.get_attribute('tr[data-run="broken"] .status-cell', "title")
+    page.click('tr[data-run="beta"] a')  # its page: curves, the config (only its method's section), adapters
+    page.wait_for_selector('#run-config tr[data-key="lora.r"]')
+    assert page.text_content('#run-config tr[data-key="lora.r"] td') == "8"
+    assert page.locator('#run-config tr[data-key="vera.r"]').count() == 0
+    assert page.get_attribute('svg[data-chart="loss"] path[data-series="train"]', "data-points") == str(RUN_STEPS)
+    assert page.locator('a[href="#/playground?a=beta"]').count() >= 1
 
 
 def test_loss_curve_updates_when_a_metrics_row_is_appended(page, ui_root):
@@ -75,6 +81,7 @@ def test_two_runs_overlay_their_curves_and_diff_their_configs(page):
     row = page.locator('#config-diff tr[data-key="lora.r"] td')
     assert row.all_text_contents() == ["4", "8"]
     assert page.locator('#config-diff tr[data-key="train.steps"]').count() == 0
+    assert page.locator('#compare-finals tr[data-key="eval_loss"] td').count() == 2
 
 
 def test_playground_streams_from_adapters_and_switching_changes_the_answer(page, ui_root):
@@ -90,16 +97,19 @@ def test_playground_streams_from_adapters_and_switching_changes_the_answer(page,
     page.check("#pg-compare")
     page.select_option("#pg-model-b", "run:beta")
     page.fill("#pg-max-tokens", "12")
-    page.evaluate("""() => { window.__updates = 0;
-        new MutationObserver(() => window.__updates++).observe(document.querySelector('#pg-side-a .messages'),
-            {childList: true, subtree: true, characterData: true}); }""")
+    page.evaluate("""() => { window.__seen = [];  // the reply's text each time the page changes it
+        new MutationObserver(() => { const r = document.querySelector('#pg-side-a .msg.assistant');
+            if (r) window.__seen.push([r.dataset.done, r.textContent]); })
+          .observe(document.querySelector('#pg-side-a .messages'), {childList: true, subtree: true, characterData: true}); }""")
     page.fill("#pg-input", prompt)
     page.click("#pg-send")  # the first message also loads the adapters' base model
     a = page.wait_for_selector('#pg-side-a .msg.assistant[data-done="1"]', timeout=60_000)
     b = page.wait_for_selector('#pg-side-b .msg.assistant[data-done="1"]', timeout=60_000)
     # the reply as streamed keeps its first token's leading space; generate() strips it
     assert a.text_content().strip() == expected["alpha"] and b.text_content().strip() == expected["beta"]
-    assert page.evaluate("window.__updates") > 3  # the reply arrived in pieces, not at once
+    final = a.text_content()
+    partial = [t for done, t in page.evaluate("window.__seen") if done == "0" and 0 < len(t) < len(final)]
+    assert partial and all(final.startswith(t) for t in partial)  # shown piece by piece while it streamed
     assert "<|im_start|>user\n" + prompt in page.text_content("#pg-prompt-a")
     page.click("#pg-clear")
     page.uncheck("#pg-compare")

@@ -93,7 +93,8 @@ def ui_router(settings: UiSettings, backend, launcher: Launcher) -> APIRouter:
     async def info():
         return {"runs_dir": str(runs.root), "data_dirs": [str(d) for d in settings.data_dirs],
                 "configs_dir": str(settings.configs) if settings.configs else None,
-                "backend": backend.status(), "auth": settings.api_key is not None}
+                "backend": backend.status(), "auth": settings.api_key is not None,
+                "method_sections": forms.method_sections(RunConfig)}
 
     @api.get("/runs")
     async def list_runs():

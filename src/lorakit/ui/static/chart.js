@@ -96,7 +96,7 @@ export class LineChart {
       grid.append(svg("line", { x1: MARGIN.left, x2: MARGIN.left + W, y1: sy(t), y2: sy(t) }));
       grid.append(svg("text", { x: MARGIN.left - 6, y: sy(t) + 4, "text-anchor": "end" }, fmt(t, 3)));
     }
-    for (const t of ticks(x0, x1, 6).filter((t) => Number.isInteger(t) || x1 - x0 < 6)) {
+    for (const t of ticks(x0, x1, 6).filter(Number.isInteger)) {  // steps are whole numbers
       grid.append(svg("line", { x1: sx(t), x2: sx(t), y1: MARGIN.top, y2: MARGIN.top + H, class: "v" }));
       grid.append(svg("text", { x: sx(t), y: MARGIN.top + H + 16, "text-anchor": "middle" }, fmt(t, 4)));
     }

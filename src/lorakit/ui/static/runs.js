@@ -99,7 +99,7 @@ export async function runView(view, ctx, id) {
   const errorBox = el("div", { class: "banner error", hidden: true });
   const charts = el("div", { class: "charts" });
   const finals = el("table", { class: "kv" });
-  const config = el("table", { class: "kv" });
+  const config = el("table", { class: "kv", id: "run-config" });
   const log = el("pre", { class: "log", id: "run-log" });
   const adapters = el("div", {});
   view.append(el("section", { class: "card" }, header, errorBox, charts),
@@ -144,8 +144,8 @@ export async function runView(view, ctx, id) {
     errorBox.hidden = !summary.error;
     errorBox.textContent = summary.error ? "Error: " + summary.error : "";
     finals.replaceChildren(...Object.entries(summary.final).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, fmt(v)))));
-    const flat = flatten(summary.config || {});
-    config.replaceChildren(...Object.entries(flat).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, fmt(v)))));
+    const flat = usedKeys(flatten(summary.config || {}), [summary.config], (await ctx.info()).method_sections);
+    config.replaceChildren(...Object.entries(flat).map(([k, v]) => el("tr", { "data-key": k }, el("th", {}, k), el("td", {}, fmt(v)))));
     adapters.replaceChildren(...(summary.adapters.length ? summary.adapters.map((a) =>
       el("div", {}, el("a", { href: "#/playground?a=" + encodeURIComponent(a.id) }, a.checkpoint || "adapter (final)"),
         el("span", { class: "muted" }, ` ${a.peft_type || ""} r=${a.r ?? "?"}`))) : [el("span", { class: "muted" }, "none yet")]));
@@ -175,6 +175,15 @@ export async function runView(view, ctx, id) {
   });
 }
 
+// Drop the sections of methods none of `configs` uses (every run's config holds them all, at defaults).
+function usedKeys(flat, configs, methodSections) {
+  const used = new Set(configs.map((c) => c && c.method));
+  return Object.fromEntries(Object.entries(flat).filter(([k]) => {
+    const section = k.split(".")[0];
+    return !methodSections.includes(section) || used.has(section);
+  }));
+}
+
 export function flatten(obj, prefix = "", out = {}) {
   for (const [k, v] of Object.entries(obj)) {
     if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length) flatten(v, prefix + k + ".", out);
@@ -187,7 +196,9 @@ export async function compareView(view, ctx, ids) {
   const charts = el("div", { class: "charts" });
   const diff = el("table", { class: "grid", id: "config-diff" });
   const note = el("p", { class: "muted" });
+  const finals = el("table", { class: "grid", id: "compare-finals" });
   view.append(el("section", { class: "card" }, el("div", { class: "toolbar" }, el("h2", {}, "Compare " + ids.join(", "))), charts),
+    el("section", { class: "card" }, el("h3", {}, "Final metrics"), finals),
     el("section", { class: "card" }, el("h3", {}, "Config differences"), note, diff));
   const boxes = [0, 1, 2].map(() => el("div", { class: "chart-box" }));
   charts.append(...boxes);
@@ -210,11 +221,23 @@ export async function compareView(view, ctx, ids) {
     lrChart.update(per.map(([id, s]) => ({ ...s.lr[0], name: id })));
   }
   const query = ids.map((id) => "id=" + encodeURIComponent(id)).join("&");
-  const result = await get("/ui/api/compare?" + query);
-  note.textContent = `${result.differ.length} keys differ, ${result.same} are the same in every run.`;
+  const [result, { runs }, info] = await Promise.all([get("/ui/api/compare?" + query), get("/ui/api/runs"), ctx.info()]);
+  const byId = Object.fromEntries(runs.map((r) => [r.id, r]));
+  const metricKeys = [...new Set(ids.flatMap((id) => Object.keys((byId[id] || {}).final || {})))];
+  const cell = (v) => el("td", {}, v === null || v === undefined ? "—" : fmt(v));
+  finals.replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "metric"), ids.map((id) => el("th", {}, id)))),
+    el("tbody", {}, el("tr", { "data-key": "status" }, el("th", {}, "status"), ids.map((id) => el("td", {},
+      statusBadge((byId[id] || {}).status)))),
+    el("tr", { "data-key": "step" }, el("th", {}, "step"), ids.map((id) => cell((byId[id] || {}).step))),
+    metricKeys.map((k) => el("tr", { "data-key": k }, el("th", {}, k), ids.map((id) => cell(((byId[id] || {}).final || {})[k]))))));
+  const methods = new Set(ids.map((id) => (byId[id] || {}).method));
+  const differ = result.differ.filter((d) => {
+    const section = d.key.split(".")[0];
+    return !info.method_sections.includes(section) || methods.has(section);
+  });
+  note.textContent = `${differ.length} keys differ, ${result.same} are the same in every run.`;
   diff.replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "key"), ids.map((id) => el("th", {}, id)))),
-    el("tbody", {}, result.differ.map((d) => el("tr", { "data-key": d.key }, el("th", {}, d.key),
-      ids.map((id) => el("td", {}, d.values[id] === null || d.values[id] === undefined ? "—" : fmt(d.values[id])))))));
+    el("tbody", {}, differ.map((d) => el("tr", { "data-key": d.key }, el("th", {}, d.key), ids.map((id) => cell(d.values[id]))))));
   await refresh();
   ctx.every(2000, refresh);
 }
