@@ -134,3 +134,12 @@ def test_api_key_is_required_when_set(ui_root):
         assert status == 200 and body["runs"]
         with urllib.request.urlopen(url + "/ui/", timeout=30) as page:  # the page itself holds no data
             assert page.status == 200 and b"lorakit" in page.read()
+
+
+def test_stop_and_resume_refuse_runs_they_cannot_act_on(ui_server):
+    status, body = request(ui_server, "/ui/api/stop", {"id": "alpha"})
+    assert status == 400 and "not running from this dashboard" in body["error"]["message"]
+    status, body = request(ui_server, "/ui/api/resume", {"id": "live"})
+    assert status == 400 and "no checkpoint to resume from" in body["error"]["message"]
+    status, body = request(ui_server, "/ui/api/stop", {"id": "../etc"})
+    assert status == 404
