@@ -114,8 +114,13 @@ def run_ui(options: UiOptions) -> int:
     print(f"lorakit ui: open {url}{'#token=' + options.api_key if made_up else ''} (Ctrl-C to stop)", flush=True)
     if options.api_key and not made_up:
         print("lorakit ui: the page asks for the API key", flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
-                                  timeout_graceful_shutdown=5)).run()
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            getattr(self, "_captured_signals", []).clear()  # Ctrl-C is a graceful stop (exit 0), not re-raised
+
+    Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
+                          timeout_graceful_shutdown=5)).run()
     print("lorakit ui: stopped (runs started from the page keep going)", flush=True)
     return 0
 
