@@ -1,0 +1,48 @@
+"""Fixtures of the bad-input table: shared read-only assets (built once) and each row's own `Env`."""
+import json
+import shutil
+
+import pytest
+
+from bad_inputs.harness import RUN_CHANGES, Assets, Env, deep_merge, good_run_config
+
+
+@pytest.fixture(scope="session")
+def bad_input_assets(tmp_path_factory, tiny_lm_dir, sft_files, classify_files):
+    """A LoRA adapter (non-zero B) for the tiny LM, good data files, all under one read-only folder."""
+    from transformers import AutoModelForCausalLM
+
+    import lorakit
+    from helpers import randomize_lora_b
+
+    root = tmp_path_factory.mktemp("bad-input-assets")
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    lorakit.inject(model, lorakit.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    randomize_lora_b(model)
+    adapter = lorakit.save_adapter(model, root / "adapter", base_model_name_or_path=str(tiny_lm_dir))
+    files = {}
+    for name, source in (("train", sft_files[0]), ("eval", sft_files[1]), ("classify_train", classify_files[0])):
+        files[name] = root / f"{name}.jsonl"
+        shutil.copy(source, files[name])
+    assets = Assets(root=root, model=tiny_lm_dir, adapter=adapter, run=root / "run", **files)
+    _finished_run(assets)
+    return assets
+
+
+def _finished_run(assets: Assets) -> None:
+    from lorakit.config import load_config
+    from lorakit.train.config import RunConfig
+    from lorakit.train.loop import train
+
+    config = deep_merge(good_run_config(assets, assets.run), RUN_CHANGES)
+    train(load_config(RunConfig, None, [], base=config), quiet=True)
+
+
+@pytest.fixture
+def env(tmp_path, bad_input_assets, monkeypatch):
+    """The row's directory (also the working directory); the GGUF cache lives inside it, so it is watched."""
+    work = tmp_path / "row"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("LORAKIT_CACHE", str(work / "cache"))
+    return Env(work, bad_input_assets)
