@@ -1,21 +1,30 @@
-"""Adapter configs with peft's field names (they are also the on-disk format).
+"""Adapter configs with peft's field names (they are also the on-disk format), and loading run configs.
 
-`LoraConfig` is a pydantic model: unknown fields raise in Python code, while
-`LoraConfig.from_peft_dict` (used when reading `adapter_config.json`) warns and drops
-fields written by newer peft versions instead of crashing.
+Every config class (these and the run config's sections) derives from `StrictConfig`: unknown
+fields, values of the wrong type (`r: true`, `r: "8"`, `lr: fast`) and non-finite numbers are
+errors, also in Python code, where they raise `ConfigError` naming the class, field and value.
+`LoraConfig.from_peft_dict` (used when reading `adapter_config.json`) warns about and drops fields
+written by newer peft versions instead of crashing.
+
+Run configs are YAML 1.2 as far as numbers go (`1e-3` is a number, not the string PyYAML's
+YAML 1.1 makes of it); a key written twice in one mapping is an error.
 """
 from __future__ import annotations
 
 import enum
 import re
 import warnings
-from typing import Any, ClassVar, Literal, NamedTuple, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
 TargetSpec = Union[list[str], str, None]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+LayerIndex = Annotated[int, Field(ge=0)]
 
 
 class Bias(enum.Enum):
@@ -59,16 +68,67 @@ def parse_lora_init(value: Union[bool, str]) -> LoraInit:
     return LoraInit(InitKind.PISSA, int(m.group(1)) if m.group(1) else None)
 
 
-class PeftFormatConfig(BaseModel):
-    """Shared by the adapter configs: peft's on-disk JSON in and out (`PEFT_TYPE` names the method)."""
+class ConfigError(InputError):
+    """A config file, override or config object that does not validate: names the file, line and dotted key."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def validation_message(e: ValidationError) -> str:
+    """One line for pydantic's first error: `dotted.key: what is wrong (got VALUE)`, and how many more."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if err["type"] != "extra_forbidden" and isinstance(value, (bool, int, float, str, type(None))) \
+            and len(repr(value)) <= 60 and repr(value) not in msg:
+        msg += f" (got {value!r})"
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{key + ': ' if key else ''}{msg}{more}"
+
+
+class StrictConfig(BaseModel):
+    """Base of every config class: extra fields, wrong types and inf/nan are errors; in Python code they
+    raise `ConfigError` ("LoraConfig: r: Input should be a valid integer (got True)")."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(f"{type(self).__name__}: {validation_message(e)}") from None
+
+    __init__.__pydantic_base_init__ = True  # nested validation keeps pydantic's errors (with their dotted keys)
+
+    def __setattr__(self, name: str, value: Any):
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            raise ConfigError(f"{type(self).__name__}: {validation_message(e)}") from None
+
+
+def check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{pattern!r} is not a valid regex ({e})") from None
+    return pattern
+
+
+class PeftFormatConfig(StrictConfig):
+    """Shared by the adapter configs: peft's on-disk JSON in and out (`PEFT_TYPE` names the method).
+
+    Module selectors are checked here, the same for every method: a list of names may not hold empty
+    names (and `target_modules` may not be an empty list), a string must compile as a regex, and
+    pattern keys (`rank_pattern`, `alpha_pattern`) must compile too.
+    """
+
     PEFT_TYPE: ClassVar[str] = "LORA"
     PEFT_EXTRAS: ClassVar[dict] = {}
 
     @classmethod
     def from_peft_dict(cls, data: dict[str, Any], source: str = "adapter_config.json"):
-        """Build from a peft-written config: unknown keys warn (newer peft), wrong values raise."""
+        """Build from a peft-written config: unknown keys warn (newer peft), wrong values raise pydantic's
+        ValidationError (`validation_message` makes it one line)."""
         known = set(cls.model_fields)
         ignored = set(cls.PEFT_EXTRAS) | {"peft_type", "peft_version", "auto_mapping"}
         inert = {k: v for k, v in PEFT_INERT_DEFAULTS.items() if data.get(k) == v}
@@ -76,7 +136,31 @@ class PeftFormatConfig(BaseModel):
         if unknown:
             warnings.warn(f"{source}: ignoring fields lorakit does not know: {', '.join(unknown)}", stacklevel=2)
         kept = {k: v for k, v in data.items() if k in known and v is not None}
-        return cls(**kept)
+        return cls.model_validate(kept)
+
+    @field_validator("target_modules", "exclude_modules", check_fields=False)
+    @classmethod
+    def _selector(cls, v, info):
+        if isinstance(v, list):
+            if not v and info.field_name == "target_modules":
+                raise ValueError("empty list: give module names, a regex or 'all-linear' (or leave it unset)")
+            if any(not name.strip() for name in v):
+                raise ValueError(f"{v!r} holds an empty module name")
+        elif isinstance(v, str) and v != "all-linear":
+            check_regex(v)
+        return v
+
+    @field_validator("layers_to_transform", check_fields=False)
+    @classmethod
+    def _layers_as_list(cls, v):
+        return [v] if isinstance(v, int) else v
+
+    @field_validator("layers_pattern", check_fields=False)
+    @classmethod
+    def _layer_list_names(cls, v):
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not all(n.strip() for n in v)):
+            raise ValueError("empty layer-list name")
+        return v
 
     @property
     def bias_mode(self) -> Bias:
@@ -99,7 +183,7 @@ class LoraConfig(PeftFormatConfig):
                                    "megatron_config": None, "megatron_core": "megatron.core", "revision": None}
 
     r: int = Field(8, gt=0, description="Rank of the update B·A.")
-    lora_alpha: float = Field(8, description="Scale numerator: scaling = lora_alpha / r (or / sqrt(r) with use_rslora).")
+    lora_alpha: float = Field(8, gt=0, description="Scale numerator: scaling = lora_alpha / r (or / sqrt(r) with use_rslora).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: TargetSpec = Field(
         None,
@@ -107,12 +191,15 @@ class LoraConfig(PeftFormatConfig):
         "None: the preset for the model's architecture.",
     )
     exclude_modules: TargetSpec = Field(None, description="Names (exact or suffix) or a regex of modules never adapted.")
-    layers_to_transform: Union[list[int], int, None] = Field(None, description="Only adapt these layer indices.")
+    layers_to_transform: Union[list[LayerIndex], LayerIndex, None] = Field(
+        None, description="Only adapt these layer indices.")
     layers_pattern: Union[list[str], str, None] = Field(
         None, description="Name of the layer list (e.g. 'layers', 'h') used with layers_to_transform."
     )
-    rank_pattern: dict[str, int] = Field(default_factory=dict, description="Per-module rank overrides (name or regex).")
-    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-module alpha overrides (name or regex).")
+    rank_pattern: dict[str, PositiveInt] = Field(
+        default_factory=dict, description="Per-module rank overrides (name or regex).")
+    alpha_pattern: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Per-module alpha overrides (name or regex).")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train and are saved.")
     modules_to_save: list[str] | None = Field(
         None, description="Whole modules (e.g. a classification head) trained and saved with the adapter."
@@ -129,10 +216,12 @@ class LoraConfig(PeftFormatConfig):
     base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
     inference_mode: bool = Field(False, description="Written by peft; adapters load frozen unless is_trainable.")
 
-    @field_validator("layers_to_transform")
+    @field_validator("rank_pattern", "alpha_pattern")
     @classmethod
-    def _layers_as_list(cls, v):
-        return [v] if isinstance(v, int) else v
+    def _pattern_keys(cls, v):
+        for key in v:
+            check_regex(key)
+        return v
 
     @field_validator("init_lora_weights")
     @classmethod
@@ -180,13 +269,12 @@ class VeraConfig(PeftFormatConfig):
     bias: Literal["none", "all", "vera_only"] = Field("none", description="Which biases train and are saved.")
     modules_to_save: list[str] | None = Field(None, description="Whole modules trained and saved with the adapter.")
     init_weights: bool = Field(True, description="True: lambda_b = 0 (identity). False: random lambdas (tests).")
-    layers_to_transform: Union[list[int], int, None] = Field(None, description="Only adapt these layer indices.")
+    layers_to_transform: Union[list[LayerIndex], LayerIndex, None] = Field(
+        None, description="Only adapt these layer indices.")
     layers_pattern: Union[list[str], str, None] = Field(None, description="Name of the layer list.")
     task_type: str | None = Field(None, description="peft task type.")
     base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
     inference_mode: bool = Field(False, description="Written by peft.")
-
-    _layers_as_list = field_validator("layers_to_transform")(classmethod(lambda cls, v: [v] if isinstance(v, int) else v))
 
 
 class AdaLoraConfig(PeftFormatConfig):
@@ -210,16 +298,17 @@ class AdaLoraConfig(PeftFormatConfig):
     total_step: int | None = Field(
         None, gt=0, description="Total training steps of the budget schedule (the trainer fills in its step count).")
     lora_alpha: float = Field(
-        8, description="ΔW is scaled by lora_alpha / init_r (init_r also after pruning; lora_alpha <= 0: 1).")
+        8, ge=0, description="ΔW is scaled by lora_alpha / init_r (init_r also after pruning; 0: scaling 1, as peft).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: TargetSpec = Field(None, description="As LoraConfig.target_modules (Linear-like layers only).")
     exclude_modules: TargetSpec = Field(None, description="Names (exact or suffix) or a regex of modules never adapted.")
-    layers_to_transform: Union[list[int], int, None] = Field(None, description="Only adapt these layer indices.")
+    layers_to_transform: Union[list[LayerIndex], LayerIndex, None] = Field(
+        None, description="Only adapt these layer indices.")
     layers_pattern: Union[list[str], str, None] = Field(None, description="Name of the layer list.")
     rank_pattern: dict[str, list[bool]] | None = Field(
         None, description="After pruning: '<module>.lora_E' -> kept-triplet mask (peft's format)."
     )
-    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Unused by AdaLoRA; peft writes it.")
+    alpha_pattern: dict[str, PositiveFloat] = Field(default_factory=dict, description="Unused by AdaLoRA; peft writes it.")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train and are saved.")
     modules_to_save: list[str] | None = Field(None, description="Whole modules trained and saved with the adapter.")
     init_lora_weights: bool = Field(
@@ -230,7 +319,12 @@ class AdaLoraConfig(PeftFormatConfig):
     base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
     inference_mode: bool = Field(False, description="Written by peft.")
 
-    _layers_as_list = field_validator("layers_to_transform")(classmethod(lambda cls, v: [v] if isinstance(v, int) else v))
+    @model_validator(mode="after")
+    def _target_within_init(self):
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r={self.target_r} is above init_r={self.init_r}: the rank budget only shrinks "
+                             "(set target_r <= init_r)")
+        return self
 
 
 def matches(spec: TargetSpec, name: str) -> bool:
@@ -242,57 +336,92 @@ def matches(spec: TargetSpec, name: str) -> bool:
     return any(name == t or name.endswith("." + t) for t in spec)
 
 
+def pattern_matches(key: str, name: str) -> bool:
+    """True when a `rank_pattern` / `alpha_pattern` key (a name, dotted suffix or regex) selects module `name`."""
+    return name == key or name.endswith("." + key) or bool(re.fullmatch(key, name) or re.fullmatch(rf"(.*\.)?{key}", name))
+
+
 def _pattern_value(patterns: dict, name: str, default):
-    for key, value in patterns.items():
-        if name == key or name.endswith("." + key) or re.fullmatch(key, name) or re.fullmatch(rf"(.*\.)?{key}", name):
-            return value
-    return default
+    return next((value for key, value in patterns.items() if pattern_matches(key, name)), default)
 
 
-class ConfigError(InputError):
-    """A config file or override that does not validate: names the file, line and dotted key."""
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2 numbers (`1e-3` is a float) and duplicate keys refused."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    """YAML text → Python objects, the way run configs and overrides are read (see module docstring)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return str(getattr(e, "problem", None) or e).splitlines()[0]
 
 
 def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] = (), base: dict | None = None):
-    """YAML file → dict → `key.sub=value` overrides (values parsed as YAML) → validated `schema`."""
-    import yaml
-    from pydantic import ValidationError
+    """YAML file → dict → `key.sub=value` overrides (values parsed as YAML) → validated `schema`.
+
+    Every mistake is a ConfigError naming where: `file:line: dotted.key: problem` or
+    `override key=value: problem`.
+    """
+    from .files import read_text
 
     data, lines = dict(base or {}), {}
     if path is not None:
+        text = read_text(path, ConfigError)
         try:
-            text = open(path).read()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text) or {}
-            lines = _yaml_lines(yaml.compose(text))
+            loaded = parse_yaml(text) or {}
+            lines = yaml_lines(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else path
-            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+            raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = _deep_merge(data, loaded)
+    given = {}
     for item in overrides:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(value) if value.strip() else None)
+        if any(not part.strip() for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: {key!r} has an empty name between dots")
+        try:
+            parsed = parse_yaml(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
+        _set_dotted(data, key, parsed)
+        given[key] = item
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        overridden = [o.partition("=")[0].strip() for o in overrides]
+        key = error_key(e.errors()[0])
         line = key_line(lines, key)
-        if any(key == k or key.startswith(k + ".") for k in overridden):
-            where = "override"
+        item = next((given[k] for k in given if key == k or key.startswith(k + ".")), None)
+        if item is not None:
+            where = f"override {item!r}"
         else:
             where = f"{path}:{line}" if path and line else (path or "config")
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{where}: {key + ': ' if key else ''}{msg}{more}") from None  # (no key: a whole-config check)
+        raise ConfigError(f"{where}: {validation_message(e)}") from None  # (no key: a whole-config check)
 
 
 def key_line(lines: dict[str, int], key: str) -> int | None:
@@ -336,10 +465,10 @@ def _deep_merge(a: dict, b: dict) -> dict:
 def _set_dotted(data: dict, key: str, value) -> None:
     *parents, last = key.split(".")
     node = data
-    for p in parents:
+    for i, p in enumerate(parents):
         if node.get(p) is None:
             node[p] = {}
         node = node[p]
         if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: {p} is not a section")
+            raise ConfigError(f"override {key}: {'.'.join(parents[:i + 1])} is a value, not a section")
     node[last] = value

@@ -14,3 +14,9 @@ class InputError(ValueError):
 class UnsupportedOperation(InputError, NotImplementedError):
     """An operation that has no meaning for what the user chose (e.g. merging a prompt adapter): a user
     error (one line, exit 2 from the CLI) that is also a NotImplementedError."""
+
+
+class UnknownAdapterError(InputError, KeyError):
+    """No adapter of that name on the model (also a KeyError, as a dict lookup would raise)."""
+
+    __str__ = ValueError.__str__

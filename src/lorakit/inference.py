@@ -10,7 +10,6 @@ names.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,7 +17,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .io import CONFIG_NAME, load_adapter, read_base_quantization, read_config
+from .errors import InputError
+from .files import read_json
+from .io import CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, read_base_quantization, read_config, read_weights
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
 from .train.config import Task
 
@@ -35,15 +36,16 @@ class Trained:
     adapter_dir: Optional[Path] = None
 
 
-def load_trained(path: str | Path, base: Optional[str] = None) -> Trained:
+def load_trained(path: str | Path, base: Optional[str] = None, allow_pickle: bool = False) -> Trained:
     """An adapter directory (base loaded and adapted) or a plain model: a merged or local HF directory,
-    a .gguf file or an embedded default name."""
+    a .gguf file or an embedded default name. `allow_pickle`: see `lorakit.io.read_weights`."""
     if (Path(path).expanduser() / CONFIG_NAME).is_file():
-        return _load_adapter_dir(Path(path).expanduser(), base)
+        return _load_adapter_dir(Path(path).expanduser(), base, allow_pickle)
     return _load_model(str(path))
 
 
-def _load_adapter_dir(path: Path, base: Optional[str]) -> Trained:
+def _load_adapter_dir(path: Path, base: Optional[str], allow_pickle: bool = False) -> Trained:
+    """Every file of the adapter is read and checked first; then the base loads and the adapter is attached."""
     config = read_config(path)
     base = base or config.base_model_name_or_path
     if not base:
@@ -51,7 +53,9 @@ def _load_adapter_dir(path: Path, base: Optional[str]) -> Trained:
     spec = read_base_quantization(path) or {}  # a QLoRA adapter runs on the same 4-bit base it trained on
     quantization, dtype = spec.get("method"), spec.get("compute_dtype", "float32")
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
-    labels = json.loads((path / LABELS_NAME).read_text()) if (path / LABELS_NAME).is_file() else None
+    labels = read_json(path / LABELS_NAME, AdapterFormatError, expect=list) if (path / LABELS_NAME).exists() else None
+    weights = read_weights(path, allow_pickle)
+    resolve(base)  # a missing base fails here, before anything loads
     if config.task_type == "SEQ_CLS":
         model, tokenizer = load_classifier(base, labels, dtype)
         task = Task.CLASSIFICATION
@@ -62,7 +66,7 @@ def _load_adapter_dir(path: Path, base: Optional[str]) -> Trained:
     else:
         model, tokenizer = load_causal_lm(base, dtype, quantization=quantization, quant_options=options)
         task = Task.SFT
-    load_adapter(model, path)
+    attach_adapter(model, config, weights, path / WEIGHTS_NAME)
     return Trained(model.eval(), tokenizer, task, base, labels, path)
 
 
@@ -93,8 +97,14 @@ def generate(trained: Trained, prompt: str | list[dict], max_new_tokens: int = 1
     Greedy when temperature is 0. `on_text` receives the reply piece by piece as it is generated
     (streaming); the full reply is returned either way.
     """
+    import math
+
     from .data.tokenize import render_ids
 
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"generate: temperature {temperature!r}: expected a finite number >= 0 (0 = greedy)")
+    if isinstance(prompt, str) and not prompt.strip():
+        raise InputError("generate: empty prompt")
     tok = trained.tokenizer
     messages = chat_messages(prompt, system) if isinstance(prompt, str) else prompt
     ids = torch.tensor([render_ids(tok, messages, add_generation_prompt=True)])

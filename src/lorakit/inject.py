@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import methods
+from .errors import InputError
 from .state import adapter_configs, bias_parameters, holders, mark_trainable, replace_module, set_adapter
 from .targets import candidate_modules, preset_targets, resolve_modules_to_save, select_targets
 from .tuners.base import ModulesToSave
@@ -26,17 +27,25 @@ def inject(model: nn.Module, config, adapter_name: str = "default") -> list[str]
     Returns the adapted module names. Base parameters are frozen; only this adapter's parameters,
     its `modules_to_save` copies and the biases chosen by `config.bias` require grad.
     """
-    method = methods.for_config(config)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"inject: model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        method = methods.for_config(config)
+    except TypeError as e:
+        raise InputError(f"inject: config: {e}") from None
     configs = adapter_configs(model)
     if adapter_name in configs:
-        raise ValueError(f"adapter {adapter_name!r} already exists; pick another name or delete it first")
+        raise InputError(f"adapter {adapter_name!r} already exists; pick another name or delete it first")
     saved_names = resolve_modules_to_save(model, config.modules_to_save or [])
+    trainable = [p for p in model.parameters() if p.requires_grad]
     for p in model.parameters():
         p.requires_grad_(False)
     try:
         names = method.build(model, config, adapter_name)
     except BaseException:
         _drop_empty_holders(model)
+        for p in trainable:  # a failed inject leaves the model as it was
+            p.requires_grad_(True)
         raise
     for name in saved_names:
         module = model.get_submodule(name)

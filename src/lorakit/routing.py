@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import methods
+from .errors import InputError
 from .state import (active_adapter, adapter_configs, check_name, delete_adapter, disable_adapters, holders,
                     list_adapters, set_adapter)
 from .tuners.base import Kind, ModulesToSave
@@ -33,11 +34,20 @@ __all__ = ["route", "routable", "set_adapter", "disable_adapters", "delete_adapt
 def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[nn.Module]:
     """Run row i of every batch through adapter `names_per_row[i]` (None: the base) in one forward.
 
-    Works under `model.generate` (rows expanded by num_return_sequences are followed). Inference
-    only: adapter dropout is not applied and no gradient reaches the adapters. The stacked factors
-    stay cached on the layers after the block (about 1.5 more copies of the plain LoRA adapters, what a
-    server wants); `delete_adapter` drops them.
+    Every forward of `model` in the block must have exactly one row per name; under
+    `model.generate`, rows expanded by `num_return_sequences` / `num_beams` are followed (name i
+    covers rows i·k ... i·k + k - 1). Inference only: adapter dropout is not applied and no gradient
+    reaches the adapters. The stacked factors stay cached on the layers after the block (about 1.5
+    more copies of the plain LoRA adapters, what a server wants); `delete_adapter` drops them.
     """
+    if isinstance(names_per_row, (str, bytes)) or not isinstance(names_per_row, Sequence):
+        raise InputError(f"route(): names_per_row must be a list with one adapter name (or None) per batch row, "
+                         f"got {type(names_per_row).__name__}")
+    if not names_per_row:
+        raise InputError("route(): names_per_row is empty; give one adapter name (or None) per batch row")
+    for name in names_per_row:
+        if name is not None and not isinstance(name, str):
+            raise InputError(f"route(): adapter names are strings or None, got {name!r}")
     for name in set(names_per_row):
         check_name(model, name)
     used = [n for n in dict.fromkeys(names_per_row) if n is not None]
@@ -81,9 +91,19 @@ def route(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[
         w.__dict__["row_delta"] = _RowDelta(w, stacks, rows[stacks.names])
     for h in by_row:
         h.route_rows(names_per_row)
+    rows_per_name = [1]  # set by generate(): how many rows each prompt becomes
+    hook = model.register_forward_pre_hook(_batch_check(len(names_per_row), rows_per_name), with_kwargs=True)
+    generate = model.__dict__.get("generate")
+    if callable(getattr(model, "generate", None)):
+        model.__dict__["generate"] = _expanding_generate(model, model.generate, rows_per_name)
     try:
         yield model
     finally:
+        hook.remove()
+        if generate is None:
+            model.__dict__.pop("generate", None)
+        else:
+            model.__dict__["generate"] = generate
         for w in wrappers:
             w.__dict__["row_delta"] = None
         for m, active in saved_active:
@@ -104,6 +124,31 @@ def routable(model: nn.Module, adapter_name: Optional[str]) -> bool:
                                                 or holder.adapters[adapter_name].low_rank_factors() is None):
             return False
     return True
+
+
+def _batch_check(n: int, rows_per_name: list[int]):
+    """A forward pre-hook: the batch must hold one row per name (times generate's expansion)."""
+    def check(module, args, kwargs):
+        x = kwargs.get("input_ids")
+        x = x if x is not None else (args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("inputs_embeds"))
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] not in (n, n * rows_per_name[0]):
+            raise InputError(f"route(): {n} adapter name{'s' if n != 1 else ''} for a batch of {x.shape[0]} rows; "
+                             "give one name (or None) per row")
+    return check
+
+
+def _expanding_generate(model: nn.Module, generate, rows_per_name: list[int]):
+    """`model.generate` that tells the batch check how many rows each prompt becomes (beams or samples)."""
+    def wrapped(*args, **kwargs):
+        config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+        beams = kwargs.get("num_beams", getattr(config, "num_beams", None)) or 1
+        samples = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None)) or 1
+        rows_per_name[0] = beams if beams > 1 else samples
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            rows_per_name[0] = 1
+    return wrapped
 
 
 def _skip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -180,7 +225,7 @@ class _RowDelta:
         if batch == n:
             return self.rows
         if batch % n:
-            raise ValueError(f"route(): batch of {batch} rows does not fit the {n} names given")
+            raise InputError(f"route(): batch of {batch} rows does not fit the {n} names given")
         return self.rows.repeat_interleave(batch // n)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

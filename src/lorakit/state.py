@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional
 from torch import nn
 
 from .config import Bias
+from .errors import UnknownAdapterError
 from .tuners.base import AdapterHolder, ModulesToSave
 from .tuners.layers import LayerWrapper
 
@@ -45,7 +46,7 @@ def active_adapter(model: nn.Module) -> Optional[str]:
 
 def check_name(model: nn.Module, name: Optional[str]) -> None:
     if name is not None and name not in adapter_configs(model):
-        raise KeyError(f"no adapter named {name!r}; adapters on this model: {list_adapters(model)}")
+        raise UnknownAdapterError(f"no adapter named {name!r}; adapters on this model: {list_adapters(model)}")
 
 
 def set_adapter(model: nn.Module, adapter_name: str) -> None:

@@ -2,7 +2,10 @@
 
 Selection, in order: candidates (Linear-like and Embedding modules) → `target_modules`
 (names, regex or "all-linear") → `exclude_modules` → `layers_to_transform`. Mistakes fail
-loudly: a target that matches nothing is an error naming it, with hints for the architecture.
+loudly, the same way for every selector: a `target_modules` or `exclude_modules` entry (or regex)
+that matches no module, a `rank_pattern` / `alpha_pattern` key that matches no adapted module, a
+`layers_to_transform` index with no such layer and a `layers_pattern` naming no layer list are
+errors naming the entry, with hints for the architecture.
 Methods that wrap layers call `wrap_targets` from their builder (see tuners/base.py).
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .config import matches
+from .config import matches, pattern_matches
 from .errors import InputError
 from .state import replace_module
 from .tuners.base import AdapterHolder
@@ -76,19 +79,62 @@ def select_targets(model: nn.Module, config, presets: dict[str, list[str]] = PRE
         chosen = [n for n, m in candidates.items() if _is_linear_candidate(m) and n != head]
     else:
         chosen = [n for n in candidates if matches(spec, n)]
-    chosen = [n for n in chosen if not matches(saved, n) and not matches(getattr(config, "exclude_modules", None), n)]
-    layers = getattr(config, "layers_to_transform", None)
-    if layers is not None:
-        chosen = [n for n in chosen if _layer_index(n, config.layers_pattern) in layers]
-    if not chosen:
-        raise InputError(f"target_modules={spec!r} matched no module; {_hint(model, candidates)}")
     if isinstance(spec, list):
         unmatched = [t for t in spec if not any(n == t or n.endswith("." + t) for n in candidates)]
         if unmatched:
             raise InputError(
                 f"target_modules entries matched no module: {', '.join(unmatched)}; {_hint(model, candidates)}"
             )
+    exclude = getattr(config, "exclude_modules", None)
+    _check_selector(model, candidates, "exclude_modules", exclude)
+    chosen = [n for n in chosen if not matches(saved, n) and not matches(exclude, n)]
+    layers = getattr(config, "layers_to_transform", None)
+    if layers is not None:
+        chosen = _in_layers(chosen, layers, config.layers_pattern)
+    if not chosen:
+        raise InputError(f"target_modules={spec!r} matched no module; {_hint(model, candidates)}")
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = getattr(config, field, None) or {}
+        if all(isinstance(v, (int, float)) for v in patterns.values()):  # (AdaLoRA's rank_pattern holds masks)
+            dead = [k for k in patterns if not any(pattern_matches(k, n) for n in chosen)]
+            if dead:
+                raise InputError(f"{field} keys matched no adapted module: {', '.join(dead)}; "
+                                 f"adapted: {_short([n.rsplit('.', 1)[-1] for n in chosen])}")
     return chosen
+
+
+def _check_selector(model: nn.Module, candidates: dict, field: str, spec) -> None:
+    """A selector other than target_modules (e.g. exclude_modules) whose entries must each match a module."""
+    if spec is None or spec == []:
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    if isinstance(spec, str):
+        if not any(matches(spec, n) for n in names):
+            raise InputError(f"{field}={spec!r} matched no module; {_hint(model, candidates)}")
+        return
+    unmatched = [t for t in spec if not any(matches([t], n) for n in names)]
+    if unmatched:
+        raise InputError(f"{field} entries matched no module: {', '.join(unmatched)}; {_hint(model, candidates)}")
+
+
+def _in_layers(chosen: list[str], layers: list[int], pattern) -> list[str]:
+    """The modules of `chosen` inside the layers `layers`; an index with no such layer is an error."""
+    index = {n: _layer_index(n, pattern) for n in chosen}
+    found = sorted({i for i in index.values() if i is not None})
+    if not found:
+        named = f"layers_pattern={pattern!r}" if pattern else f"any of the layer lists {list(LAYER_LIST_NAMES)}"
+        raise InputError(f"layers_to_transform: no targeted module lies under {named}; "
+                         f"targeted: {_short(chosen)}")
+    absent = [i for i in layers if i not in found]
+    if absent:
+        raise InputError(f"layers_to_transform: no layer {', '.join(map(str, absent))} among the targeted "
+                         f"modules (layers {found[0]}-{found[-1]})")
+    return [n for n in chosen if index[n] in layers]
+
+
+def _short(names: list[str], n: int = 6) -> str:
+    names = list(dict.fromkeys(names))
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 def resolve_modules_to_save(model: nn.Module, names: Iterable[str]) -> list[str]:

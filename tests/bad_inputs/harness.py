@@ -294,18 +294,11 @@ def check_api(row: Api, env: Env) -> str:
     return message
 
 
-def table(rows: Sequence[Cli | Api], module: str = "") -> list:
-    """`rows` as pytest params named by their ids (rows listed in open_rows.OPEN are expected failures)."""
+def table(rows: Sequence[Cli | Api]) -> list:
+    """`rows` as pytest params named by their ids (which must be unique)."""
     import pytest
 
-    from bad_inputs.open_rows import OPEN
-
-    family = module.rsplit(".", 1)[-1]
-    seen = set()
-    params = []
-    for row in rows:
-        assert row.id not in seen, f"duplicate row id {row.id}"
-        seen.add(row.id)
-        marks = [pytest.mark.xfail(run=False, reason="fix not landed")] if f"{family}::{row.id}" in OPEN else []
-        params.append(pytest.param(row, id=row.id, marks=marks))
-    return params
+    ids = [row.id for row in rows]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    assert not duplicates, f"duplicate row ids: {duplicates}"
+    return [pytest.param(row, id=row.id) for row in rows]

@@ -145,6 +145,6 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("row", table(ROWS, __name__))
+@pytest.mark.parametrize("row", table(ROWS))
 def test_bad_adapter(row, env, capsys):
     check_cli(row, env, capsys)

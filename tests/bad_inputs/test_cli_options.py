@@ -51,9 +51,9 @@ def non_empty_out(env):
 
 ROWS = [
     # commands and arguments
-    Cli("no-command", [], ["command"]),
+    Cli("no-command", [], ["COMMAND"]),
     Cli("unknown-command", ["trian"], ["trian"]),
-    Cli("unknown-option", ["--verbose"], ["--verbose"]),
+    Cli("unknown-option", ["--verbose", "inspect"], ["--verbose"]),
     Cli("train-no-arguments", ["train"], ["config"]),
     Cli("train-unknown-option", ["train", CFG, "--resum"], ["--resum"], setup=lambda env: env.config()),
     Cli("generate-no-model", ["generate", "hi"], ["--adapter", "--model"]),
@@ -113,6 +113,6 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("row", table(ROWS, __name__))
+@pytest.mark.parametrize("row", table(ROWS))
 def test_bad_command_line(row, env, capsys):
     check_cli(row, env, capsys)

@@ -3,21 +3,21 @@ import json
 
 import pytest
 
-from bad_inputs.harness import Cli, check_cli, table
+from bad_inputs.harness import Cli, check_cli, deep_merge, table
 
 CFG = "{tmp}/run.yaml"
 GOOD = {"instruction": "Say hi.", "output": "hi"}
 
 
 def jsonl(*rows) -> str:
-    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+    return "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows)
 
 
 def train_with(relative, content, *names, split="train", changes=None):
     """`lorakit train` whose data.<split> is `{tmp}/relative` holding `content`."""
     def setup(env):
         env.write(relative, content)
-        env.config({"data": {split: f"{{tmp}}/{relative}"}, **(changes or {})})
+        env.config(deep_merge({"data": {split: f"{{tmp}}/{relative}"}}, changes or {}))
     return setup
 
 
@@ -105,8 +105,8 @@ ROWS = [
         "{tmp}/train.jsonl:1", "instruction", changes={"data": {"format": "alpaca"}}),
     row("eval-bad-row", "eval.jsonl", jsonl(GOOD, {"instruction": 3, "output": "x"}), "{tmp}/eval.jsonl:2",
         "instruction", split="eval"),
-    row("eval-other-kind", "eval.jsonl", jsonl({"text": "plain text"}), "{tmp}/eval.jsonl", split="eval",
-        changes={"data": {"format": None}}),
+    row("eval-classification-rows", "eval.jsonl", jsonl({"text": "a", "label": "x"}), "{tmp}/eval.jsonl",
+        "classification", split="eval"),
     row("all-text-empty", "train.jsonl", jsonl({"text": ""}, {"text": "  "}), "{tmp}/train.jsonl", "empty"),
     row("all-outputs-empty", "train.jsonl", jsonl({"instruction": "a", "output": ""}, {"instruction": "b", "output": ""}),
         "{tmp}/train.jsonl", "empty"),
@@ -143,6 +143,6 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("row", table(ROWS, __name__))
+@pytest.mark.parametrize("row", table(ROWS))
 def test_bad_data(row, env, capsys):
     check_cli(row, env, capsys)

@@ -32,11 +32,12 @@ def shared_model(env):
 
 
 def broken_adapter(change):
-    def call(env):
-        d = env.adapter_copy()
-        change(d)
-        lorakit.load_adapter(shared_model(env), d)
-    return call
+    """setup: a copy of the shared adapter at {tmp}/adapter, broken by `change(dir)`."""
+    return lambda env: change(env.adapter_copy())
+
+
+def load_broken(env):
+    lorakit.load_adapter(shared_model(env), env.tmp / "adapter")
 
 
 def nan_weights(d):
@@ -46,12 +47,6 @@ def nan_weights(d):
     key = sorted(t)[0]
     t[key] = torch.full_like(t[key], float("nan"))
     save_file(t, d / "adapter_model.safetensors")
-
-
-def latin1_config(env):
-    d = env.adapter_copy()
-    (d / "adapter_config.json").write_bytes('{"r": "\xe9"}'.encode("latin-1"))
-    return lorakit.read_config(d)
 
 
 def cfg(cls, **kw):
@@ -117,30 +112,32 @@ ROWS = [
     Api("unmerge-without-adapters", lambda env: lorakit.unmerge(tiny_llama()), ["no adapter"]),
     Api("merge-and-unload-without-adapters", lambda env: lorakit.merge_and_unload(tiny_llama()), ["no adapter"]),
     Api("merge-unknown-adapter", lambda env: lorakit.merge(adapted(), "other"), ["other"]),
-    Api("quantize-without-linears", lambda env: lorakit.quantize(nn.Sequential(nn.ReLU(), nn.Tanh())), ["linear"]),
+    Api("quantize-without-linears", lambda env: lorakit.quantize(nn.Sequential(nn.ReLU(), nn.Tanh())),
+        ["nn.Linear"]),
     Api("quantize-unknown-method", lambda env: lorakit.quantize(tiny_llama(), method="nf5"), ["nf5"]),
     Api("quantize-not-a-model", lambda env: lorakit.quantize("model"), ["str"]),
     # adapter I/O
-    Api("save-adapter-to-file", lambda env: lorakit.save_adapter(adapted(), env.write("taken", "x")),
-        ["{tmp}/taken"]),
-    Api("save-adapter-under-file", lambda env: lorakit.save_adapter(adapted(), env.write("taken", "x") / "a"),
-        ["{tmp}/taken"]),
+    Api("save-adapter-to-file", lambda env: lorakit.save_adapter(adapted(), env.tmp / "taken"), ["{tmp}/taken"],
+        setup=lambda env: env.write("taken", "x")),
+    Api("save-adapter-under-file", lambda env: lorakit.save_adapter(adapted(), env.tmp / "taken" / "a"),
+        ["{tmp}/taken"], setup=lambda env: env.write("taken", "x")),
     Api("save-adapter-without-adapter", lambda env: lorakit.save_adapter(tiny_llama(), env.tmp / "a"),
         ["default"]),
     Api("save-adapter-unknown-name", lambda env: lorakit.save_adapter(adapted(), env.tmp / "a", adapter_name="x"),
         ["'x'"]),
     Api("load-adapter-missing", lambda env: lorakit.load_adapter(tiny_llama(), env.tmp / "nope"), ["{tmp}/nope"]),
-    Api("load-adapter-config-list", broken_adapter(lambda d: (d / "adapter_config.json").write_text("[]")),
-        ["adapter_config.json"]),
-    Api("load-adapter-nan", broken_adapter(nan_weights), ["adapter_model.safetensors", "NaN"]),
-    Api("load-adapter-bin-only", broken_adapter(lambda d: (
-        torch.save({}, d / "adapter_model.bin"), (d / "adapter_model.safetensors").unlink())), ["allow_pickle"]),
+    Api("load-adapter-config-list", load_broken, ["adapter_config.json"],
+        setup=broken_adapter(lambda d: (d / "adapter_config.json").write_text("[]"))),
+    Api("load-adapter-nan", load_broken, ["adapter_model.safetensors", "NaN"], setup=broken_adapter(nan_weights)),
+    Api("load-adapter-bin-only", load_broken, ["allow_pickle"], setup=broken_adapter(lambda d: (
+        torch.save({}, d / "adapter_model.bin"), (d / "adapter_model.safetensors").unlink()))),
     Api("load-adapter-twice", lambda env: [lorakit.load_adapter(m, env.assets.adapter)
                                            for m in [shared_model(env)] for _ in range(2)], ["default"]),
-    Api("read-config-latin1", latin1_config, ["adapter_config.json", "byte 7"]),
+    Api("read-config-latin1", lambda env: lorakit.read_config(env.tmp / "adapter"), ["adapter_config.json", "byte 7"],
+        setup=broken_adapter(lambda d: (d / "adapter_config.json").write_bytes('{"r": "\xe9"}'.encode("latin-1")))),
     # data and config loading
-    Api("load-dataset-latin1", lambda env: load_dataset(env.write("d.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"))),
-        ["{tmp}/d.jsonl", "byte 13"]),
+    Api("load-dataset-latin1", lambda env: load_dataset(env.tmp / "d.jsonl"), ["{tmp}/d.jsonl", "byte 13"],
+        setup=lambda env: env.write("d.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"))),
     Api("load-config-override-yaml-error", lambda env: _load_config(["lora.target_modules=[q"]),
         ["lora.target_modules"]),
     Api("load-config-empty-segment", lambda env: _load_config(["lora..r=2"]), ["lora..r"]),
@@ -154,6 +151,6 @@ def _load_config(overrides):
     return load_config(RunConfig, None, overrides, base={"data": {"train": "x.jsonl"}})
 
 
-@pytest.mark.parametrize("row", table(ROWS, __name__))
+@pytest.mark.parametrize("row", table(ROWS))
 def test_bad_api_call(row, env):
     check_api(row, env)

@@ -62,7 +62,7 @@ def test_missing_file_and_unknown_bundled_name(tmp_path, no_model_loading):
 def test_data_kind_must_fit_the_task(tmp_path, no_model_loading):
     with pytest.raises(DataError, match="cannot train task 'sft'"):
         run(tmp_path, "data.train=bundled:classify_train")
-    with pytest.raises(DataError, match="cannot train task 'classification'"):
+    with pytest.raises(DataError, match="task 'classification' needs 'text' and 'label'"):
         run(tmp_path, task="classification")
 
 

@@ -305,7 +305,8 @@ def test_trainer_resume_restores_the_allocator(tmp_path):
 def test_run_config_chooses_adalora_strictly():
     from lorakit.train.config import RunConfig
 
-    config = load_config(RunConfig, None, ["method=adalora", "adalora.init_r=6", "data.train=x"])
+    config = load_config(RunConfig, None, ["method=adalora", "adalora.init_r=6", "adalora.target_r=4",
+                                           "data.train=x"])
     assert isinstance(config.adapter, lorakit.AdaLoraConfig) and config.adapter.init_r == 6
     assert RunConfig.model_validate(config.model_dump(mode="json")) == config  # the resolved config reloads
     with pytest.raises(ConfigError, match="adalora.bogus: unknown key"):

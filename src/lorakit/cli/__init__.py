@@ -4,8 +4,9 @@ Subcommands live in modules of this package, one per group (`train.py`: train, q
 inspect; `use.py`: eval, generate, chat; `merge.py`: merge; ...); each has `register(sub,
 parent)`. A new command is a module here and one entry in `COMMAND_MODULES`.
 
-Errors a user can fix (bad config, bad data, missing model, bad adapter) print one line and exit
-with code 2; `--debug` shows the traceback instead.
+Errors a user can fix (a bad option, config, data file, model or adapter) print one line,
+`lorakit COMMAND: error: ...`, and exit with code 2; `--debug` shows the traceback instead.
+Warnings print one line each, `lorakit COMMAND: warning: ...`.
 """
 from __future__ import annotations
 
@@ -13,17 +14,34 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import Optional
 
 from ..errors import InputError
 from .common import EXIT_USAGE
+
+
+class UsageError(InputError):
+    """A command line argparse cannot parse; `prog` is the (sub)command it belongs to."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing the usage and exiting: one line, like every error."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
 
 COMMAND_MODULES = ("train", "use", "merge", "serve", "ui")
 """Modules of this package that register subcommands, in `--help` order."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning, offline and CPU-first.")
+    parser = Parser(prog="lorakit", description="LoRA-family fine-tuning, offline and CPU-first.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     debug = argparse.ArgumentParser(add_help=False)  # `lorakit train x.yaml --debug` works too
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -50,21 +68,34 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.debug:
-        _quiet_transformers()
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"{e.prog}: error: {e} (see {e.prog} --help)", file=sys.stderr)
+        return EXIT_USAGE
     if args.debug:
         return args.func(args)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except user_errors() as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        rank = f" (rank {os.environ['RANK']})" if os.environ.get("WORLD_SIZE", "1") != "1" else ""  # under torchrun
-        print(f"lorakit {args.command}{rank}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+    _quiet_transformers()
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        except user_errors() as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            rank = f" (rank {os.environ['RANK']})" if os.environ.get("WORLD_SIZE", "1") != "1" else ""  # under torchrun
+            print(f"lorakit {args.command}{rank}: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+
+
+def _one_line_warning(command: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        print(f"lorakit {command}: warning: {text}", file=file or sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import get_args, get_origin
 
@@ -17,6 +18,16 @@ def positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = greedy), got {text!r}")
+    return value
 
 
 def schema_help(schema: type[BaseModel], prefix: str = "") -> list[str]:
@@ -47,11 +58,18 @@ def model_args(p: argparse.ArgumentParser) -> None:
     which.add_argument("--adapter", help="adapter directory (its base comes from adapter_config.json)")
     which.add_argument("--model", help="model: a merged model dir, a local HF dir, a .gguf file or an embedded name")
     p.add_argument("--base", help="base model for --adapter, overriding base_model_name_or_path")
+    allow_pickle_arg(p)
+
+
+def allow_pickle_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read a legacy adapter_model.bin (pickle) when there is no safetensors file; "
+                        "only for files you trust")
 
 
 def gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=temperature, default=0.0, help="0 = greedy")
     p.add_argument("--system", help="system prompt")
 
 
@@ -66,4 +84,4 @@ def load_trained_from_args(args):
         return load_trained(args.model)
     if not (Path(args.adapter).expanduser() / CONFIG_NAME).is_file():
         raise AdapterFormatError(f"--adapter {args.adapter}: not an adapter directory (no {CONFIG_NAME})")
-    return load_trained(args.adapter, base=args.base)
+    return load_trained(args.adapter, base=args.base, allow_pickle=args.allow_pickle)

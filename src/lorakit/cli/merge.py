@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import RAW, positive_int
+from .common import RAW, allow_pickle_arg, positive_int
 
 
 def cmd_merge(args) -> int:
     from ..merge import merge_adapter_to_dir
 
-    stats = merge_adapter_to_dir(args.adapter, args.output, requantize=args.requantize, base_model=args.base)
+    stats = merge_adapter_to_dir(args.adapter, args.output, requantize=args.requantize, base_model=args.base,
+                                 overwrite=args.overwrite, allow_pickle=args.allow_pickle)
     print(f"merged model written to {args.output} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
     for key, value in stats.items():
         print(f"  {key}: {value}")
@@ -97,6 +98,8 @@ def register(sub, parent) -> None:
     p.add_argument("output", help="directory for the merged model + tokenizer")
     p.add_argument("--base", help="base model, overriding the adapter's base_model_name_or_path")
     p.add_argument("--requantize", choices=["nf4"], help="also report the error of re-quantizing the merged weights")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty output directory")
+    allow_pickle_arg(p)
     p.set_defaults(func=cmd_merge)
 
     from ..merge import COMBINATIONS

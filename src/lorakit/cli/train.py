@@ -81,7 +81,7 @@ def register(sub, parent) -> None:
                        formatter_class=RAW,
                        description="Fine-tune as CONFIG says; dotted.key=value arguments override the file.")
     p.add_argument("config", help="YAML run config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 lora.r=8")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="e.g. train.lr=1e-3 lora.r=8")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.add_argument("--nproc", type=positive_int, metavar="N",
                    help="train on N local processes: runs `torchrun --standalone --nproc-per-node N -m lorakit train ...`")
@@ -94,7 +94,7 @@ def register(sub, parent) -> None:
                        help="evaluate, fine-tune and re-evaluate SmolLM2 on the bundled task",
                        epilog=config_epilog(), formatter_class=RAW,
                        description="The bundled demo run (configs/quickstart.yaml); dotted.key=value overrides apply.")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("inspect", parents=[parent],
@@ -105,5 +105,5 @@ def register(sub, parent) -> None:
                        formatter_class=RAW)
     p.add_argument("model", nargs="?", help="model (default: the config's model, else SmolLM2-135M)")
     p.add_argument("--config", help="run config whose model and adapter to count")
-    p.add_argument("overrides", nargs="*", metavar="lora.key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="lora.key=value")
     p.set_defaults(func=cmd_inspect)

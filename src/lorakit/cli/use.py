@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..data.formats import FORMATS
 from ..errors import InputError
 from .common import gen_args, load_trained_from_args, model_args, positive_int
 
@@ -29,6 +30,8 @@ def cmd_generate(args) -> int:
     from ..inference import classify, generate
     from ..train.config import Task
 
+    if not args.prompt.strip():
+        raise InputError("prompt: empty; give the text to answer (or use lorakit chat)")
     trained = load_trained_from_args(args)
     if trained.task is Task.CLASSIFICATION:
         label, p = classify(trained, args.prompt)
@@ -72,7 +75,7 @@ def register(sub, parent) -> None:
     p = sub.add_parser("eval", parents=[parent], help="loss, perplexity, exact match or accuracy on a data file")
     model_args(p)
     p.add_argument("--data", required=True, help="data file (json, jsonl, csv, parquet) or bundled:NAME")
-    p.add_argument("--format", help="data format (detected when omitted)")
+    p.add_argument("--format", choices=list(FORMATS), help="data format (detected when omitted)")
     p.add_argument("--max-samples", type=positive_int)
     p.add_argument("--max-length", type=positive_int, default=512)
     p.add_argument("--max-new-tokens", type=positive_int, default=48)

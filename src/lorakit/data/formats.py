@@ -189,6 +189,15 @@ def normalize_records(records: list[Record], fmt: str | None = None, source: str
     return Dataset(source=source, format=fmt, kind=kind, rows=rows)
 
 
+def empty_targets(dataset: Dataset) -> int:
+    """Rows that train on nothing: blank `text`, or chat rows whose assistant replies are all blank."""
+    if dataset.kind == "text":
+        return sum(not r["text"].strip() for r in dataset.rows)
+    if dataset.kind == "chat":
+        return sum(all(not m["content"].strip() for m in r if m["role"] == "assistant") for r in dataset.rows)
+    return 0
+
+
 def load_dataset(path: str | Path, format: str | None = None) -> Dataset:
     """Read, validate and normalise a data file (.json/.jsonl/.csv/.parquet).
 

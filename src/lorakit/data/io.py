@@ -8,16 +8,21 @@ Every record is returned with a location string that error messages start with:
 
 In CSV files a cell holding a JSON list (``messages``, ``conversations``, ``history``) is
 decoded, so every format can be written as CSV.
+
+Text files are decoded by `lorakit.files.read_text`: UTF-8 with or without a BOM, UTF-16/32 with
+a BOM; anything else is a DataError naming the byte offset.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
+from ..files import read_text
 
 
 class DataError(InputError):
@@ -37,19 +42,18 @@ _JSON_CELLS = ("messages", "conversations", "history")
 
 def _read_jsonl(path: Path) -> list[Record]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Record(f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    for lineno, line in enumerate(read_text(path, DataError).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Record(f"{path}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
     return out
 
 
 def _read_json(path: Path) -> list[Record]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, DataError)
     if not text.strip():
         return []
     try:
@@ -81,11 +85,13 @@ def _decode_cells(row: dict, where: str) -> dict:
 
 def _read_csv(path: Path) -> list[Record]:
     out = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(read_text(path, DataError), newline=""))
+    try:
         for row in reader:
             where = f"{path}:{reader.line_num}"
             out.append(Record(where, _decode_cells(row, where)))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: invalid CSV: {e}") from None
     return out
 
 
@@ -113,6 +119,8 @@ def read_records(path: str | Path) -> list[Record]:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unknown extension {path.suffix!r}; expected one of {', '.join(READERS)}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     records = reader(path)

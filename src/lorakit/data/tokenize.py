@@ -65,12 +65,19 @@ class EncodeStats:
     dropped_no_target: int = 0
     tokens: int = 0
     target_tokens: int = 0
+    longest: int = 0  # tokens of the longest row before truncation
     lengths: list[int] = field(default_factory=list, repr=False)
 
     def summary(self) -> str:
-        return (f"{self.kept}/{self.rows} rows kept, {self.truncated} truncated, "
+        return (f"{self.kept}/{self.rows} rows kept, {self.truncated} truncated (longest {self.longest} tokens), "
                 f"{self.dropped_no_target} dropped (no target tokens left), "
                 f"{self.tokens} tokens ({self.target_tokens} targets)")
+
+    def metrics(self) -> dict:
+        """The counts for metrics.jsonl."""
+        return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "longest": self.longest,
+                "dropped_no_target": self.dropped_no_target, "tokens": self.tokens,
+                "target_tokens": self.target_tokens}
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -157,22 +164,29 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int) -
     Returns ``(input_ids, labels, truncated)``, both lists of length ``min(len, max_length)``;
     truncation keeps the start (right side cut).
     """
+    ids, labels = _conversation_ids(tokenizer, messages)
+    return ids[:max_length], labels[:max_length], len(ids) > max_length
+
+
+def _conversation_ids(tokenizer: Any, messages: list[dict]) -> tuple[list[int], list[int]]:
     ids = render_ids(tokenizer, messages)
     labels = [IGNORE] * len(ids)
     for start, end in _assistant_spans(tokenizer, messages, ids):
         labels[start:end] = ids[start:end]
-    truncated = len(ids) > max_length
-    return ids[:max_length], labels[:max_length], truncated
+    return ids, labels
 
 
 def encode_text(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], list[int], bool]:
     """Language-modelling row: every token (and an appended ``eos``) is a target."""
+    ids = _text_ids(tokenizer, text)
+    return ids[:max_length], ids[:max_length], len(ids) > max_length
+
+
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
-    truncated = len(ids) > max_length
-    ids = ids[:max_length]
-    return ids, list(ids), truncated
+    return ids
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict]) -> tuple[list[int], str]:
@@ -192,10 +206,13 @@ def encode_dataset(tokenizer: Any, dataset: Dataset, max_length: int) -> tuple[l
     for row in dataset.rows:
         stats.rows += 1
         if dataset.kind == "chat":
-            ids, labels, truncated = encode_conversation(tokenizer, row, max_length)
+            ids, labels = _conversation_ids(tokenizer, row)
         else:
-            ids, labels, truncated = encode_text(tokenizer, row["text"], max_length)
-        stats.truncated += truncated
+            ids = _text_ids(tokenizer, row["text"])
+            labels = list(ids)
+        stats.longest = max(stats.longest, len(ids))
+        stats.truncated += len(ids) > max_length
+        ids, labels = ids[:max_length], labels[:max_length]
         n_target = sum(lab != IGNORE for lab in labels[1:])  # the first token is never predicted
         if n_target == 0:
             stats.dropped_no_target += 1
@@ -226,6 +243,7 @@ def encode_classification(tokenizer: Any, rows: list[dict], max_length: int,
             raise DataError(f"row {i}: label {row['label']!r} is not in the label map {sorted(label2id)}")
         ids = list(tokenizer(row["text"], add_special_tokens=True)["input_ids"])
         stats.rows += 1
+        stats.longest = max(stats.longest, len(ids))
         stats.truncated += len(ids) > max_length
         ids = ids[:max_length]
         stats.kept += 1

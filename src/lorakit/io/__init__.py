@@ -6,8 +6,11 @@ holder names its suffixes (`saved_tensors`, see tuners/base.py; e.g. LoRA's `lor
 (`Method.model_tensors`, e.g. VeRA's `base_model.vera_A`) and the biases under `bias`
 (`<path>.base_layer.bias` for a wrapped layer, `<path>.bias` otherwise). The method is found from
 `peft_type` in the registry (`lorakit.methods`).
-Loading checks the key set and every shape before copying anything: a mismatch is one error
-listing what is missing, unexpected or wrongly shaped, and the model is left as it was.
+Loading checks the files before the model is touched: `adapter_config.json` must be a JSON
+object that validates, the safetensors file must be complete, and every tensor must be a finite
+floating-point tensor (a NaN, inf or integer tensor is named). Then the key set and every shape
+are checked before copying anything: a mismatch is one error listing what is missing, unexpected
+or wrongly shaped, and the model is left as it was.
 An adapter trained on a quantized base (QLoRA) also gets `base_quantization.json` (lorakit's own
 file; peft ignores it) saying how, so a merge can rebuild the exact base it was trained on.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,8 +26,9 @@ import torch
 from torch import nn
 
 from .. import methods
-from ..config import InitKind, LoraConfig
-from ..errors import InputError
+from ..config import InitKind, LoraConfig, validation_message
+from ..errors import InputError, UnknownAdapterError
+from ..files import atomic_write, check_output_dir, check_safetensors, read_json
 from ..inject import inject
 from ..quant import quant_spec
 from ..state import adapter_configs, bias_parameters, delete_adapter, holders, mark_trainable, set_adapter
@@ -78,7 +82,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     See `lorakit.tuners.pissa` for which to use when.
     """
     if adapter_name not in adapter_configs(model):
-        raise KeyError(f"no adapter named {adapter_name!r}; adapters on this model: {list(adapter_configs(model))}")
+        raise UnknownAdapterError(f"save_adapter: no adapter named {adapter_name!r}; adapters on this model: "
+                                  f"{list(adapter_configs(model))}")
     tensors = adapter_tensors(model, adapter_name)
     config = resolved_config(model, adapter_name, base_model_name_or_path)
     if convert_pissa_to_lora is not None:
@@ -87,7 +92,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     spec = quant_spec(model)
     if spec is not None:
         spec_text = json.dumps(spec, indent=2, sort_keys=True)
-        _atomic_write(path / BASE_QUANTIZATION_NAME, lambda f: Path(f).write_text(spec_text))
+        atomic_write(path / BASE_QUANTIZATION_NAME, lambda f: Path(f).write_text(spec_text))
     elif (path / BASE_QUANTIZATION_NAME).exists():
         (path / BASE_QUANTIZATION_NAME).unlink()
     return path
@@ -97,12 +102,12 @@ def write_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], con
     """Write on-disk key → tensor and the adapter's config to directory `path`, each file atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = check_output_dir(path, "adapter directory")
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
-    _atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
+    atomic_write(path / WEIGHTS_NAME, lambda f: save_file(tensors, f, metadata={"format": "pt"}))
     text = json.dumps(config.to_peft_dict(), indent=2, sort_keys=True)
-    _atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
+    atomic_write(path / CONFIG_NAME, lambda f: Path(f).write_text(text))
     return path
 
 
@@ -112,13 +117,20 @@ def read_base_quantization(path: str | os.PathLike) -> Optional[dict]:
     lorakit writes this beside the adapter (`base_quantization.json`, ignored by peft) rather than
     into `adapter_config.json`, so that file stays exactly peft's schema.
     """
+    from ..models import DTYPES
+    from ..quant import QUANTIZED_LINEARS
+
     file = Path(path) / BASE_QUANTIZATION_NAME
-    if not file.is_file():
+    if not file.exists():
         return None
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise AdapterFormatError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+    spec = read_json(file, AdapterFormatError, expect=dict)
+    checks = {"method": lambda v: v in QUANTIZED_LINEARS, "double_quant": lambda v: isinstance(v, bool),
+              "blocksize": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "compute_dtype": lambda v: v in DTYPES}
+    for key, ok in checks.items():
+        if (key in spec or key == "method") and not ok(spec.get(key)):
+            raise AdapterFormatError(f"{file}: {key}: unexpected value {spec.get(key)!r}")
+    return spec
 
 
 def _pissa_as_lora(tensors: dict, config: LoraConfig, initial_dir) -> tuple[dict, LoraConfig]:
@@ -166,14 +178,9 @@ def read_config(path: str | os.PathLike):
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise AdapterFormatError(f"{file}: not found (is {path} an adapter directory?)")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise AdapterFormatError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise AdapterFormatError(f"{file}: expected a JSON object")
+    data = read_json(file, AdapterFormatError, expect=dict)
     peft_type = data.get("peft_type", "LORA")
-    method = methods.for_peft_type(peft_type)
+    method = methods.for_peft_type(peft_type) if isinstance(peft_type, str) else None
     if method is None:
         raise AdapterFormatError(f"{file}: peft_type {peft_type!r} is not supported by load_adapter "
                                  f"(expected one of {sorted(m.peft_type for m in methods.METHODS.values())})")
@@ -184,26 +191,52 @@ def read_config(path: str | os.PathLike):
 
 
 def read_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Load the adapter tensors; `.bin` only with `allow_pickle=True` (then with weights_only=True)."""
+    """Load and check the adapter tensors; `.bin` only with `allow_pickle=True` (then with weights_only=True).
+
+    Every tensor must be floating point and finite: an adapter with NaN/inf or integer weights
+    would load and quietly produce nothing useful, so it is refused naming the tensor.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     st, legacy = path / WEIGHTS_NAME, path / LEGACY_WEIGHTS_NAME
     if st.is_file():
+        check_safetensors(st, AdapterFormatError)
         try:
-            return load_file(str(st))
-        except Exception as e:  # safetensors raises its own error types for corrupt/truncated files
-            raise AdapterFormatError(f"{st}: cannot read safetensors file ({e})") from None
+            tensors = load_file(str(st))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise AdapterFormatError(f"{st}: cannot read safetensors file ({str(e).splitlines()[0]})") from None
+        return check_tensor_values(tensors, st)
     if legacy.is_file():
         if not allow_pickle:
             raise AdapterFormatError(
-                f"{legacy}: legacy pickle weights are not loaded by default; pass allow_pickle=True if you trust it"
-            )
+                f"{legacy}: legacy pickle weights (no {WEIGHTS_NAME}) are not read by default; if you trust the "
+                "file, pass --allow-pickle (Python: allow_pickle=True)")
+        warnings.warn(f"{legacy}: reading pickle weights (allow_pickle); only do this for files you trust",
+                      stacklevel=2)
         try:
-            return torch.load(str(legacy), map_location="cpu", weights_only=True)
+            tensors = torch.load(str(legacy), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise AdapterFormatError(f"{legacy}: cannot read weights ({e})") from None
+            raise AdapterFormatError(f"{legacy}: cannot read weights ({str(e).splitlines()[0]})") from None
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise AdapterFormatError(f"{legacy}: expected a dict of tensors")
+        return check_tensor_values(tensors, legacy)
     raise AdapterFormatError(f"{st}: not found")
+
+
+def check_tensor_values(tensors: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
+    """Refuse (naming the tensor) an adapter tensor that is not floating point or holds NaN / inf."""
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise AdapterFormatError(f"{source}: {key}: dtype {str(t.dtype).removeprefix('torch.')}, "
+                                     "expected a floating-point tensor")
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            first = [int(i) for i in bad.nonzero()[0]]
+            value = t[tuple(first)].item()
+            raise AdapterFormatError(f"{source}: {key}: {int(bad.sum())} non-finite values "
+                                     f"({'NaN' if value != value else value} at {first})")
+    return tensors
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
@@ -213,12 +246,19 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     Reads lorakit- and peft-written adapters. The adapter is frozen unless `is_trainable`.
     Returns the adapted module names.
     """
-    config = read_config(path)
-    weights = read_weights(path, allow_pickle)
+    return attach_adapter(model, read_config(path), read_weights(path, allow_pickle), Path(path) / WEIGHTS_NAME,
+                          adapter_name, is_trainable)
+
+
+def attach_adapter(model: nn.Module, config, weights: dict[str, torch.Tensor], source: Path,
+                   adapter_name: str = "default", is_trainable: bool = False) -> list[str]:
+    """`load_adapter` once `read_config` and `read_weights` have read (and checked) the files."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"load_adapter: model must be a torch.nn.Module, got {type(model).__name__}")
     config = _drop_absent_modules_to_save(model, config)
     names = inject(model, config.model_copy(update=dict(methods.for_config(config).load_overrides)), adapter_name)
     try:
-        _copy_checked(model, adapter_name, weights, Path(path) / WEIGHTS_NAME)
+        _copy_checked(model, adapter_name, weights, source)
     except Exception:
         delete_adapter(model, adapter_name)
         raise
@@ -259,20 +299,6 @@ def _drop_absent_modules_to_save(model: nn.Module, config):
     return config.model_copy(update={"modules_to_save": keep or None})
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _model_name_or_path(model: nn.Module) -> Optional[str]:
     cfg = getattr(model, "config", None)
     return getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None) or None
@@ -284,12 +310,10 @@ def _task_type(model: nn.Module) -> Optional[str]:
 
 
 def _first_error(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-    return str(e)
+    from pydantic import ValidationError
+
+    return validation_message(e) if isinstance(e, ValidationError) else str(e)
 
 
-__all__ = ["save_adapter", "load_adapter", "read_config", "read_weights", "write_adapter", "read_base_quantization",
-           "AdapterFormatError"]
+__all__ = ["save_adapter", "load_adapter", "attach_adapter", "read_config", "read_weights", "write_adapter",
+           "check_tensor_values", "read_base_quantization", "AdapterFormatError"]

@@ -9,11 +9,18 @@ from typing import Optional
 from torch import nn
 
 from .. import methods
-from ..errors import UnsupportedOperation
+from ..errors import InputError, UnsupportedOperation
 from ..quant import QUANTIZED_TYPES, to_linear
 from ..state import active_adapter, adapter_configs, forget, holders, replace_module, set_adapter
 from ..tuners.base import Kind
 from ..tuners.layers import LayerWrapper
+
+
+def _has_adapters(model: nn.Module, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{what}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not adapter_configs(model):
+        raise InputError(f"{what}: the model has no adapter (inject or load_adapter one first)")
 
 
 def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool = False) -> nn.Module:
@@ -22,6 +29,7 @@ def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool
     ΔW is accumulated in fp32 and cast back to the base dtype; `safe_merge=True` raises on
     non-finite results and leaves that layer unchanged.
     """
+    _has_adapters(model, "merge")
     if adapter_name is not None:
         set_adapter(model, adapter_name)
     name = active_adapter(model)
@@ -35,6 +43,11 @@ def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Undo a merge: the base weights as they were. Idempotent."""
+    _has_adapters(model, "unmerge")
+    return _unmerge_all(model)
+
+
+def _unmerge_all(model: nn.Module) -> nn.Module:
     for _, holder in holders(model):
         holder.unmerge()
     return model
@@ -48,6 +61,7 @@ def merge_and_unload(model: nn.Module, adapter_name: Optional[str] = None, safe_
     dtype: re-quantizing would round most of ΔW away (see `lorakit.merge.quantized`). Quantized
     linears without an adapter stay quantized; `lorakit.quant.dequantize` converts those too.
     """
+    _has_adapters(model, "merge_and_unload")
     if adapter_name is not None:
         set_adapter(model, adapter_name)
     for _, holder in holders(model):
@@ -59,7 +73,7 @@ def merge_and_unload(model: nn.Module, adapter_name: Optional[str] = None, safe_
 
 def unload(model: nn.Module) -> nn.Module:
     """Remove all adapters without merging: the original base model back."""
-    unmerge(model)
+    _unmerge_all(model)
     return _unwrap(model, keep_trained_copies=False)
 
 

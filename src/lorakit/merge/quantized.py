@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -25,7 +27,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..io import load_adapter, read_base_quantization, read_config
+from ..files import check_output_dir
+from ..io import WEIGHTS_NAME, attach_adapter, read_base_quantization, read_config, read_weights
 from ..quant import dequantize, quantizable_linears, quantized_linear_class
 from ..state import holders, set_adapter
 from ..tuners.layers import LayerWrapper
@@ -88,8 +91,14 @@ def merge_adapter_to_dir(
     base_model: Optional[str] = None,
     base_quantization: Optional[str] = None,
     dtype: Optional[str] = None,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> dict:
     """Load the adapter's base, merge the adapter into it and save a full-precision HF model.
+
+    Everything is checked before the base loads: the adapter's files (config, weights, values) and
+    `out_dir`, which must be absent or empty unless `overwrite`. The model is written to a temporary
+    directory beside `out_dir` and moved into place at the end, so a failure leaves `out_dir` as it was.
 
     adapter_dir: a lorakit- or peft-written LoRA adapter for a causal LM.
     base_model: overrides `base_model_name_or_path` of the adapter config (a name
@@ -103,10 +112,14 @@ def merge_adapter_to_dir(
         that re-quantized model).
     dtype: weight dtype of the merged model ("float32", "bfloat16", "float16"); default: the
         quantized base's compute dtype, else float32.
+    overwrite: replace the contents of a non-empty `out_dir`.
+    allow_pickle: read a legacy `adapter_model.bin` (see `lorakit.io.read_weights`).
     Returns a dict of what was done: out_dir, base_model, base_quantization, merged_layers,
     dtype, seconds, and with `requantize` the figures of `requantization_error`.
     """
     from ..models import DTYPES, load_causal_lm
+
+    from ..models import resolve
 
     start = time.perf_counter()
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -126,9 +139,15 @@ def merge_adapter_to_dir(
     if requantize is not None:
         quantized_linear_class(requantize)  # unknown method: fail before loading anything
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
+    weights = read_weights(adapter_dir, allow_pickle)
+    if out_dir.expanduser().resolve() in (adapter_dir.resolve(), *adapter_dir.resolve().parents):
+        raise InputError(f"output directory {out_dir}: holds the adapter {adapter_dir}; pick another directory")
+    check_output_dir(out_dir, "output directory", must_be_empty=not overwrite,
+                     hint="pass --overwrite (Python: overwrite=True) to replace its contents")
+    resolve(base)
 
     model, tokenizer = load_causal_lm(base, dtype, quantization=method, quant_options=options)
-    load_adapter(model, adapter_dir)
+    attach_adapter(model, config, weights, adapter_dir / WEIGHTS_NAME)
     model, deltas = merge_dequantized(model)
     stats = {"out_dir": str(out_dir), "base_model": base, "base_quantization": method,
              "merged_layers": len(deltas), "dtype": dtype}
@@ -136,11 +155,27 @@ def merge_adapter_to_dir(
         targets = [n for n in quantizable_linears(model) if n in deltas]
         stats["requantize"] = requantize
         stats.update(requantization_error(model, requantize, targets, deltas, **options))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    _write_dir(out_dir.expanduser(), lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
     stats["seconds"] = time.perf_counter() - start
     return stats
+
+
+def _write_dir(target: Path, write) -> None:
+    """`write(tmp_dir)`, then swap the temporary directory in for `target` (whose old contents go)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["merge_adapter_to_dir", "merge_dequantized", "requantization_error"]

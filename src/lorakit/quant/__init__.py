@@ -40,7 +40,12 @@ def quantize(
     `double_quant` and `blocksize` apply to NF4; int8 uses per-output-channel scales.
     """
     cls = quantized_linear_class(method)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"quantize: model must be a torch.nn.Module, got {type(model).__name__}")
     targets = quantizable_linears(model, skip)
+    if not targets:
+        raise InputError(f"quantize: no nn.Linear layer to quantize in {type(model).__name__} (the output head "
+                         "and embeddings are never quantized)")
     for name, module in targets.items():
         _set_submodule(model, name, cls.from_linear(module, double_quant=double_quant, blocksize=blocksize))
     return list(targets)

@@ -10,26 +10,30 @@ import enum
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
+from ..config import StrictConfig
 from ..methods import METHODS, Method
 from ..models import DEFAULT_CAUSAL_LM
 
+MAX_LR = 1.0
+"""Above this AdamW moves every weight by about the lr each step: a typo (1e38 overflows float32 mid-step)."""
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class _Section(StrictConfig):
+    """Strict types, unknown keys refused (see `lorakit.config.StrictConfig`)."""
 
 
 class ModelSection(_Section):
-    name: str = Field(DEFAULT_CAUSAL_LM, description="Embedded default name, local HF model dir, or .gguf file.")
+    name: str = Field(DEFAULT_CAUSAL_LM, min_length=1, description="Embedded default name, local HF model dir, or .gguf file.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base weight dtype.")
     quantization: Optional[Literal["nf4", "int8"]] = Field(None, description="Quantize the frozen base (QLoRA).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
 
 
 class DataSection(_Section):
-    train: str = Field(..., description="Training data file (json, jsonl, csv, parquet) or bundled:NAME.")
-    eval: Optional[str] = Field(None, description="Held-out data file, or bundled:NAME.")
+    train: str = Field(..., min_length=1, description="Training data file (json, jsonl, csv, parquet) or bundled:NAME.")
+    eval: Optional[str] = Field(None, min_length=1, description="Held-out data file, or bundled:NAME.")
     format: Optional[Literal["alpaca", "sharegpt", "messages", "text", "classification"]] = Field(
         None, description="Row format; detected from the rows when omitted.")
     max_length: int = Field(512, gt=8, description="Tokens per example; longer rows are truncated (and counted).")
@@ -42,7 +46,7 @@ class TrainSection(_Section):
     steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (when steps is not set).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr: float = Field(2e-4, gt=0, le=MAX_LR, description="Peak learning rate.")
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="Decay after warmup.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (matrices only).")
@@ -59,6 +63,14 @@ class TrainSection(_Section):
         "sharded per layer); auto: fsdp for full fine-tuning or a base too big for one GPU, else ddp.")
     distributed_timeout_s: float = Field(
         1800, gt=0, description="Under torchrun: seconds a rank waits for the others before the job fails.")
+
+    @field_validator("loraplus_lr_ratio")
+    @classmethod
+    def _loraplus_lr_bounded(cls, v, info):
+        lr = info.data.get("lr")
+        if v is not None and lr is not None and v * lr > MAX_LR:
+            raise ValueError(f"the B matrices' lr would be lr × {v:g} = {v * lr:g}, above {MAX_LR:g}")
+        return v
 
 
 class EvalSection(_Section):
@@ -124,7 +136,7 @@ def _method_help() -> str:
 
 RunConfig = create_model(
     "RunConfig", __base__=_RunChecks, __module__=__name__,
-    task=(Task, Field(Task.SFT, description="Instruction SFT or sequence classification.")),
+    task=(Task, Field(Task.SFT, strict=False, description="Instruction SFT or sequence classification.")),
     method=(Literal[(*METHODS, FULL)], Field(DEFAULT_METHOD, description=_method_help())),
     model=(ModelSection, Field(default_factory=ModelSection)),
     **{name: (m.config, Field(default_factory=m.config, description=f"Used with method: {name} "
@@ -133,7 +145,7 @@ RunConfig = create_model(
     data=(DataSection, ...),
     train=(TrainSection, Field(default_factory=TrainSection)),
     eval=(EvalSection, Field(default_factory=EvalSection)),
-    output_dir=(str, Field("runs/latest", description="Where adapters, checkpoints and logs go.")),
+    output_dir=(str, Field("runs/latest", min_length=1, description="Where adapters, checkpoints and logs go.")),
 )
 RunConfig.__doc__ = """A whole run: task, method, model, the method's section, data, train, eval, output_dir.
 

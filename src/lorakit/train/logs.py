@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import atomic_write_text
+
 
 class MetricsLog:
     """Appends rows to `<dir>/metrics.jsonl` and mirrors scalars to TensorBoard if it is installed."""
@@ -11,9 +13,9 @@ class MetricsLog:
     def __init__(self, directory: Path, resume: bool = False, until_step: int | None = None):
         self.path = Path(directory) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists() and until_step is not None:
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= until_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+        if resume and self.path.exists() and until_step is not None:  # (a killed run may have torn its last line)
+            kept = [json.dumps(r) for r in _parsed(self.path) if r.get("step", 0) <= until_step]
+            atomic_write_text(self.path, "".join(l + "\n" for l in kept))
         elif not resume:
             self.path.write_text("")
         tb_dir = Path(directory) / "tensorboard"
@@ -33,11 +35,23 @@ class MetricsLog:
                     self._tb.add_scalar(f"{prefix}/{key}", value, row["step"])
 
     def rows(self) -> list[dict]:
-        return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+        return _parsed(self.path)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _parsed(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def _tensorboard(directory: Path, purge_step: int | None = None):

@@ -23,6 +23,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..files import atomic_write_text, check_output_dir
 from ..io import save_adapter
 from ..tuners.base import NO_HOOKS, TrainingHooks
 from . import checkpoint, distributed
@@ -67,7 +68,11 @@ def evaluate(run: Prepared, config: RunConfig, generate: bool = True,
 def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = None,
           eval_before: bool = False, quiet: bool = False) -> TrainResult:
     """Run one training job described by `config`; returns losses, evals and where things were saved.
-    Under torchrun every rank calls this; see `distributed.py`."""
+    Under torchrun every rank calls this; see `distributed.py`.
+
+    Nothing is written before the data, the model and (with `resume`) the checkpoint have been read
+    and checked: a run that fails on bad input leaves `output_dir` as it was (or absent).
+    """
     ctx = distributed.setup(config.train.distributed_timeout_s)
     result = _train(config, ctx, resume, run, eval_before, quiet)  # a rank that raises exits; torchrun stops the rest
     ctx.barrier()  # the adapter is on disk before any rank returns
@@ -76,13 +81,15 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
 
 def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optional[Prepared],
            eval_before: bool, quiet: bool) -> TrainResult:
-    out, main = config.out, ctx.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    out, main = check_output_dir(config.out, "output_dir"), ctx.is_main
     found = _checkpoint_to_resume(config, ctx, resume)  # before the model loads: a wrong output_dir fails in a second
     resume = found is not None
     run = run or prepare(config)
     model, tc = run.model, config.train
+    if found is not None:
+        checkpoint.check(found, model)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     total = tc.steps or max(1, math.ceil(tc.epochs * len(run.train_batches) / (tc.grad_accum * ctx.world)))
     hooks = _hooks(model, config, total)  # the method's extras: loss terms, per-step work (e.g. AdaLoRA's ranks)
     hooks.start(model, out, lambda d: save_adapter(model, d, base_model_name_or_path=config.model.name) if main
@@ -97,8 +104,6 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         raise TrainingError("nothing to train: no parameter requires grad")
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, loraplus_lr_ratio=tc.loraplus_lr_ratio)
     scheduler = build_scheduler(optimizer, total, tc.warmup_steps, tc.schedule)
-    if main:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     result = TrainResult(out, total)
     if eval_before:
@@ -113,7 +118,11 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         run.train_batches.load_state_dict(state["batches"])
         start = state["step"]
         hooks.load(model, found)
+    if main:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     log = MetricsLog(out, resume=resume, until_step=start) if main else None
+    if log is not None and not resume:
+        _report_data(run, log, quiet)
     steps = distributed.step_batches(run.train_batches, ctx, tc.grad_accum)
     fault_step = int(os.environ.get("LORAKIT_FAULT_AFTER_STEP", "0"))  # tests: simulate a kill
 
@@ -173,6 +182,7 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
                     bar.write(f"early stopping at step {step}: eval loss did not improve for {state['bad_evals']} evals")
                 result.stopped_early = True
         if (tc.save_every and step % tc.save_every == 0) or last_step or result.stopped_early:
+            _check_finite(model, step, out)
             state["batches"] = run.train_batches.state_dict()
             _save_checkpoint(run, config, ctx, replica, optimizer, scheduler, step, dict(state, world_size=ctx.world),
                              hooks)
@@ -226,10 +236,34 @@ def _checkpoint_to_resume(config: RunConfig, ctx: distributed.Context, resume: b
             found = None
     found = ctx.broadcast(found)
     if found is not None:
+        checkpoint.check(found)
         if not (found / "trainer_state.json").is_file():
             raise TrainingError(f"rank {ctx.rank} cannot read {found}: output_dir must be on storage every node sees")
         distributed.check_resumable(found, ctx)
     return found
+
+
+def _report_data(run: Prepared, log: MetricsLog, quiet: bool) -> None:
+    """What encoding did to each split (rows, truncated, longest, dropped): one console line and a metrics row."""
+    stats = {split: s for split, s in run.stats.items() if s is not None}
+    if not stats:
+        return
+    log.write({"split": "data", "step": 0, **{f"{split}_{k}": v for split, s in stats.items()
+                                               for k, v in s.metrics().items()}})
+    if not quiet:
+        for split, s in stats.items():
+            tqdm.write(f"data ({split}): {s.summary()}")
+
+
+def _check_finite(model, step: int, out: Path) -> None:
+    """Trained weights must be finite before they are saved (a huge lr can overflow them in one update)."""
+    for name, p in model.named_parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # (FSDP: this rank's shard)
+        if p.requires_grad and not bool(torch.isfinite(local).all()):
+            last = checkpoint.latest(out)
+            kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"step {step}: {name} is not finite after the update (learning rate too high?); "
+                                f"nothing saved ({kept})")
 
 
 def _hooks(model, config: RunConfig, total: int) -> TrainingHooks:
@@ -244,7 +278,7 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: T
     """The adapter (an adapter method) or the whole model (full fine-tuning), plus the resolved config
     (and, in checkpoints, the method's training state, e.g. AdaLoRA's allocator)."""
     directory = Path(directory)
-    (directory / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(directory / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if checkpointing:
         hooks.save(run.model, directory)
     if config.spec is None:
@@ -255,7 +289,7 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: T
     adapter = save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name,
                            **hooks.save_options(config.out))
     if run.labels is not None:  # a classifier's label names, index = class id (read by lorakit eval)
-        (Path(adapter) / "labels.json").write_text(json.dumps(run.labels))
+        atomic_write_text(Path(adapter) / "labels.json", json.dumps(run.labels))
     return adapter
 
 

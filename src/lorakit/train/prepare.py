@@ -5,6 +5,7 @@ loaded, so a bad row fails in a second, not after a minute of model loading.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,8 +16,9 @@ from torch import nn
 from ..inject import inject
 from ..data import bundled
 from ..data.batching import BatchLoader, grouped_batches, packed_batches
-from ..data.formats import Dataset, load_dataset
+from ..data.formats import Dataset, empty_targets, load_dataset
 from ..data.io import DataError
+from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
 from ..models import load_causal_lm, load_classifier
 from .config import RunConfig, Task
@@ -53,23 +55,45 @@ def data_path(value: str, key: str) -> Path:
         try:
             return bundled.path(value.split(":", 1)[1])
         except KeyError as e:
-            raise DataError(f"{key}: {e.args[0]}") from None
+            raise DataError(f"{key}: {value}: {e.args[0]}") from None
     path = Path(value).expanduser()
+    if path.is_dir():
+        raise DataError(f"{key}: {value} is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{key}: file not found: {value}")
     return path
 
 
 def load_data(config: RunConfig) -> Data:
-    """Read and validate every row of the train and eval files."""
+    """Read and validate every row of the train and eval files.
+
+    Rows with an empty target (blank text or assistant replies) are counted and warned about;
+    a training file where every row is empty is refused.
+    """
     train = load_dataset(data_path(config.data.train, "data.train"), config.data.format)
     evals = load_dataset(data_path(config.data.eval, "data.eval"), config.data.format) if config.data.eval else None
     for ds in filter(None, (train, evals)):
         if ds.kind not in DATA_KINDS[config.task]:
+            if config.task is Task.CLASSIFICATION:
+                raise DataError(f"{ds.source}: task 'classification' needs 'text' and 'label' in every row; "
+                                f"these are {ds.format} rows without a 'label'")
             raise DataError(f"{ds.source}: {ds.kind} data cannot train task {config.task.value!r}")
+        empty = empty_targets(ds)
+        if empty == len(ds) and ds is train:
+            raise DataError(f"{ds.source}: all {len(ds)} rows have an empty target (blank text or assistant "
+                            "replies): nothing to train on")
+        if empty:
+            warnings.warn(f"{ds.source}: {empty} of {len(ds)} rows have an empty target (blank text or assistant "
+                          "replies); they train on nothing", stacklevel=2)
     labels = None
     if config.task is Task.CLASSIFICATION:
-        label_map = build_label_map([r["label"] for r in train.rows])
+        try:
+            label_map = build_label_map([r["label"] for r in train.rows])
+        except DataError as e:
+            raise DataError(f"{train.source}: {e}") from None
+        if len(label_map) < 2:
+            raise DataError(f"{train.source}: only one label ({next(iter(label_map))!r}); classification needs at "
+                            "least two")
         unseen = sorted({str(r["label"]) for r in (evals.rows if evals else [])} - {str(l) for l in label_map})
         if unseen:
             raise DataError(f"{evals.source}: labels not in the training data: {', '.join(unseen[:5])}")
@@ -118,7 +142,10 @@ def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
         update["modules_to_save"] = heads[:1] or None
     if adapter.base_model_name_or_path is None:
         update["base_model_name_or_path"] = config.model.name
-    return inject(model, adapter.model_copy(update=update))
+    try:
+        return inject(model, adapter.model_copy(update=update))
+    except InputError as e:  # a selector naming no module of this model: say which section it is in
+        raise InputError(f"{config.method}: {e}") from None
 
 
 def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
