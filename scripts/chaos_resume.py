@@ -9,9 +9,10 @@ A tiny Llama (character-level tokenizer built here, no download) trains LoRA wit
 one uninterrupted reference run; then N rounds, each in a fresh output_dir:
 
 1. start a run and SIGKILL it at a random point: half the rounds during a random optimizer step
-   (a random delay once the metrics show that step starting), half while a checkpoint is being
-   written (the moment a `.tmp-step-*` directory appears; a round that misses the window is
-   counted as a step kill);
+   (0-10 ms after the metrics show the step before it, outside a checkpoint write), half while a
+   checkpoint is being written (the moment a `.tmp-step-*` directory appears). Where each kill
+   really landed is read off the output dir (a checkpoint's temporary directory present or not)
+   and counted in the summary;
 2. check that every `step-*` checkpoint left behind is complete and readable (tensors, optimizer
    state, trainer state, and its adapter through `lorakit.io`);
 3. one round in three, `--resume` and SIGKILL that run too (a resumed run must survive a kill);
@@ -128,7 +129,7 @@ def kill_run(config: Path, out: Path, resume: bool, rng: random.Random, phase: s
     """Start a run, SIGKILL it at a random point of `phase` ("step" or "checkpoint"); returns where it died."""
     first = logged_steps(out) if resume else 0
     target = rng.randint(first + 1, steps)
-    delay = rng.uniform(0.0, 0.05)
+    delay = rng.uniform(0.0, 0.01)
     proc = subprocess.Popen(command(config, out, resume), env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
@@ -136,10 +137,11 @@ def kill_run(config: Path, out: Path, resume: bool, rng: random.Random, phase: s
         while proc.poll() is None and time.monotonic() < deadline:
             if phase == "checkpoint" and logged_steps(out) >= target - 1 and in_checkpoint_write(out):
                 break
-            if phase == "step" and logged_steps(out) >= target - 1 and (out / "metrics.jsonl").exists():
+            if phase == "step" and logged_steps(out) >= target - 1 and (out / "metrics.jsonl").exists() \
+                    and not in_checkpoint_write(out):
                 time.sleep(delay)
                 break
-            time.sleep(0.0005)
+            time.sleep(0.001)
         if proc.poll() is not None:
             return "finished before the kill"
         writing = in_checkpoint_write(out)

@@ -197,3 +197,39 @@ def test_virtual_token_methods_train_eval_generate_chat_inspect(method, tmp_path
     assert f"{method}" in capsys.readouterr().out
     err = _one_line_error(capsys, ["merge", adapter, str(tmp_path / "merged")])
     assert "adds virtual tokens" in err and "no weight update to merge" in err
+def test_unknown_adapter_config_field_warns_once_in_one_line(trained, capsys):
+    import json as json_
+
+    adapter = trained / "adapter"
+    config = json_.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json_.dumps({**config, "shiny_new_peft_option": 3}))
+    capsys.readouterr()
+    assert main(["generate", "--adapter", str(adapter), "hi", "--max-new-tokens", "2"]) == 0
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "shiny_new_peft_option" in l]
+    assert len(warnings) == 1 and warnings[0].startswith("lorakit generate: warning: ")
+
+
+def test_allow_pickle_reads_a_bin_only_adapter_with_a_warning(trained, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "legacy"
+    shutil.copytree(trained / "adapter", adapter)
+    torch.save(load_file(adapter / "adapter_model.safetensors"), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    argv = ["generate", "--adapter", str(adapter), "hi", "--max-new-tokens", "2"]
+    assert "--allow-pickle" in _one_line_error(capsys, argv)
+    assert main([*argv, "--allow-pickle"]) == 0
+    assert "warning: " in capsys.readouterr().err
+
+
+def test_merge_overwrite_replaces_the_whole_directory(trained, tmp_path):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "model-00001-of-00009.safetensors").write_text("stale")
+    assert main(["merge", str(trained / "adapter"), str(out)]) == 2
+    assert main(["merge", str(trained / "adapter"), str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / "model-00001-of-00009.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import lorakit
+from lorakit.errors import InputError
 from lorakit import routing
 from helpers import MODEL_FACTORIES
 from helpers import logits, randomize_lora_b
@@ -80,6 +81,18 @@ def test_route_works_under_generate():
             lorakit.set_adapter(model, name)
             alone = model.generate(ids[i : i + 1], max_new_tokens=6, do_sample=False, pad_token_id=0)
         assert torch.equal(mixed[i : i + 1], alone)
+
+
+def test_route_follows_generate_expanding_rows_and_refuses_other_batch_sizes():
+    model = _three_adapters("llama")
+    ids = torch.randint(1, 128, (2, 5))
+    names = ["c", "a"]
+    with lorakit.route(model, names):
+        out = model.generate(ids, max_new_tokens=3, do_sample=True, num_return_sequences=2, pad_token_id=0)
+        assert out.shape[0] == 4
+        with pytest.raises(InputError, match="2 adapter names for a batch of 3 rows"):
+            model(input_ids=torch.randint(1, 128, (3, 5)))
+    model(input_ids=torch.randint(1, 128, (3, 5)))  # (the check ends with the block)
 
 
 def test_route_rejects_unknown_name_and_merged_state(llama):

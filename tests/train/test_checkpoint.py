@@ -108,3 +108,25 @@ def test_restore_refuses_a_checkpoint_of_another_adapter_layout(tmp_path):
     other_opt = build_optimizer(other, lr=1e-2)
     with pytest.raises(ValueError, match="does not match this run"):
         checkpoint.restore(path, other, other_opt, build_scheduler(other_opt, 10, 0, "linear"))
+
+
+def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(tmp_path):
+    model, optimizer, scheduler = _setup()
+    checkpoint.save(tmp_path, 2, model, optimizer, scheduler, {}, lambda d: None, keep_last=1)
+    root = checkpoint.checkpoint_root(tmp_path)
+    (root / ".trash-step-000001").mkdir()  # killed while deleting an old checkpoint
+    (root / ".trash-step-000001" / "trainer_state.json").write_text("{}")
+    (root / ".tmp-step-000003").mkdir()  # killed while writing a new one
+    assert checkpoint.latest(tmp_path) == root / "step-000002"
+    checkpoint.save(tmp_path, 4, model, optimizer, scheduler, {}, lambda d: None, keep_last=1)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000004"]
+
+
+def test_check_names_the_broken_file_before_restore_runs(tmp_path):
+    model, optimizer, scheduler = _setup()
+    path = checkpoint.save(tmp_path, 1, model, optimizer, scheduler, {"batches": {}}, lambda d: None, keep_last=1)
+    checkpoint.check(path, model)
+    data = (path / "optimizer.pt").read_bytes()
+    (path / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="optimizer.pt: truncated or corrupt"):
+        checkpoint.check(path)

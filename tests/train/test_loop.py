@@ -331,3 +331,14 @@ def test_full_finetuning_saves_a_loadable_model_dir(sft_config):
     assert any("layers.0" in n for n in changed)
     torch.testing.assert_close(trained.state_dict(), run.model.state_dict())
     assert (checkpoint.latest(config.out) / "model" / "config.json").is_file()
+
+
+def test_truncated_rows_are_counted_on_the_console_and_in_metrics(sft_config, capsys):
+    config = sft_config("train.steps=1", "data.max_length=40")
+    train(config)
+    (row,) = [r for r in map(json.loads, (config.out / "metrics.jsonl").read_text().splitlines())
+              if r["split"] == "data"]
+    assert row["train_rows"] == 8 and 0 < row["train_truncated"] <= 8 and row["train_longest"] > 40
+    assert row["eval_rows"] == 2
+    out = capsys.readouterr().out
+    assert f"data (train): {row['train_kept']}/8 rows kept, {row['train_truncated']} truncated (longest " in out

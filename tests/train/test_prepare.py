@@ -71,3 +71,10 @@ def test_eval_labels_unseen_in_training_fail_before_model_load(tmp_path, no_mode
     eval_file = _write(tmp_path / "eval.jsonl", [{"text": "c", "label": "neutral"}])
     with pytest.raises(DataError, match="labels not in the training data: neutral"):
         run(tmp_path, f"data.train={train_file}", f"data.eval={eval_file}", task="classification")
+
+
+def test_rows_with_empty_targets_are_counted_in_a_warning(tmp_path):
+    train_file = _write(tmp_path / "train.jsonl", [GOOD, {"instruction": "c", "output": " "}])
+    config = load_config(RunConfig, None, [f"data.train={train_file}"])
+    with pytest.warns(UserWarning, match="1 of 2 rows have an empty target"):
+        prepare_module.load_data(config)
