@@ -85,7 +85,8 @@ def write_config(work: Path, model_dir: Path, steps: int) -> Path:
 
 
 def command(config: Path, out: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "lorakit", "train", str(config), f"output_dir={out}", *(["--resume"] if resume else [])]
+    return [sys.executable, "-m", "lorakit", "train", str(config), f"output_dir={out}",
+            *(["--resume"] if resume else [])]
 
 
 def child_env() -> dict:
@@ -232,7 +233,8 @@ def main(argv=None) -> int:
                 resumed = check_checkpoints(out) > 0
                 run_to_end(config, out, resume=resumed)
                 worst = compare(out, reference, args.steps)
-                notes.append(f"{'resumed' if resumed else 'restarted (no checkpoint yet)'}; max |Δ adapter| {worst:.1e}")
+                how = "resumed" if resumed else "restarted (no checkpoint yet)"
+                notes.append(f"{how}; max |Δ adapter| {worst:.1e}")
                 print(f"round {i + 1}/{args.n}: ok: " + "; ".join(notes), flush=True)
             except Exception as e:  # noqa: BLE001  (a failed round is reported, the others still run)
                 failures += 1

@@ -72,16 +72,28 @@ class ConfigError(InputError):
     """A config file, override or config object that does not validate: names the file, line and dotted key."""
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def error_key(err: dict) -> str:
+    """The dotted key of one pydantic error, without the union-branch tags pydantic puts in `loc`
+    (`target_modules.list[str].0` -> `target_modules.0`)."""
+    parts = [p for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or any(c in p for c in "[]-")))]
+    return ".".join(map(str, parts))
+
+
 def validation_message(e: ValidationError) -> str:
     """One line for pydantic's first error: `dotted.key: what is wrong (got VALUE)`, and how many more."""
-    err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    errors = e.errors()
+    err = errors[0]
+    key = error_key(err)
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     if err["type"] != "extra_forbidden" and isinstance(value, (bool, int, float, str, type(None))) \
             and len(repr(value)) <= 60 and repr(value) not in msg:
         msg += f" (got {value!r})"
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    others = len({error_key(x) for x in errors[1:]} - {key})  # (a union's branches are one mistake)
+    more = f" (and {others} more)" if others else ""
     return f"{key + ': ' if key else ''}{msg}{more}"
 
 
@@ -183,7 +195,8 @@ class LoraConfig(PeftFormatConfig):
                                    "megatron_config": None, "megatron_core": "megatron.core", "revision": None}
 
     r: int = Field(8, gt=0, description="Rank of the update B·A.")
-    lora_alpha: float = Field(8, gt=0, description="Scale numerator: scaling = lora_alpha / r (or / sqrt(r) with use_rslora).")
+    lora_alpha: float = Field(
+        8, gt=0, description="Scale numerator: scaling = lora_alpha / r (or / sqrt(r) with use_rslora).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: TargetSpec = Field(
         None,
@@ -308,7 +321,8 @@ class AdaLoraConfig(PeftFormatConfig):
     rank_pattern: dict[str, list[bool]] | None = Field(
         None, description="After pruning: '<module>.lora_E' -> kept-triplet mask (peft's format)."
     )
-    alpha_pattern: dict[str, PositiveFloat] = Field(default_factory=dict, description="Unused by AdaLoRA; peft writes it.")
+    alpha_pattern: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Unused by AdaLoRA; peft writes it.")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train and are saved.")
     modules_to_save: list[str] | None = Field(None, description="Whole modules trained and saved with the adapter.")
     init_lora_weights: bool = Field(
@@ -338,7 +352,8 @@ def matches(spec: TargetSpec, name: str) -> bool:
 
 def pattern_matches(key: str, name: str) -> bool:
     """True when a `rank_pattern` / `alpha_pattern` key (a name, dotted suffix or regex) selects module `name`."""
-    return name == key or name.endswith("." + key) or bool(re.fullmatch(key, name) or re.fullmatch(rf"(.*\.)?{key}", name))
+    return (name == key or name.endswith("." + key)
+            or bool(re.fullmatch(key, name) or re.fullmatch(rf"(.*\.)?{key}", name)))
 
 
 def _pattern_value(patterns: dict, name: str, default):

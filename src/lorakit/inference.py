@@ -19,7 +19,8 @@ from torch import nn
 
 from .errors import InputError
 from .files import read_json
-from .io import CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, read_base_quantization, read_config, read_weights
+from .io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, read_base_quantization, read_config,
+                 read_weights)
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
 from .train.config import Task
 
@@ -55,7 +56,6 @@ def _load_adapter_dir(path: Path, base: Optional[str], allow_pickle: bool = Fals
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
     labels = read_json(path / LABELS_NAME, AdapterFormatError, expect=list) if (path / LABELS_NAME).exists() else None
     weights = read_weights(path, allow_pickle)
-    resolve(base)  # a missing base fails here, before anything loads
     if config.task_type == "SEQ_CLS":
         model, tokenizer = load_classifier(base, labels, dtype)
         task = Task.CLASSIFICATION

@@ -130,7 +130,8 @@ def _batch_check(n: int, rows_per_name: list[int]):
     """A forward pre-hook: the batch must hold one row per name (times generate's expansion)."""
     def check(module, args, kwargs):
         x = kwargs.get("input_ids")
-        x = x if x is not None else (args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("inputs_embeds"))
+        if x is None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("inputs_embeds")
         if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] not in (n, n * rows_per_name[0]):
             raise InputError(f"route(): {n} adapter name{'s' if n != 1 else ''} for a batch of {x.shape[0]} rows; "
                              "give one name (or None) per row")

@@ -53,7 +53,8 @@ ROWS = [
     # encodings
     row("latin1-jsonl", "train.jsonl", LATIN1, "{tmp}/train.jsonl", "byte 20"),
     row("latin1-jsonl-eval", "eval.jsonl", LATIN1, "{tmp}/eval.jsonl", "byte 20", split="eval"),
-    row("latin1-csv", "train.csv", "instruction,output\nCaf\u00e9?,oui\n".encode("latin-1"), "{tmp}/train.csv", "byte 22"),
+    row("latin1-csv", "train.csv", "instruction,output\nCaf\u00e9?,oui\n".encode("latin-1"), "{tmp}/train.csv",
+        "byte 22"),
     row("latin1-json", "train.json", json.dumps([{"instruction": "Caf\u00e9", "output": "x"}], ensure_ascii=False)
         .encode("latin-1"), "{tmp}/train.json", "byte 21"),
     row("cp1252-quotes-jsonl", "train.jsonl", jsonl({"instruction": "\u201cHi\u201d", "output": "x"}).encode("cp1252"),
@@ -108,7 +109,8 @@ ROWS = [
     row("eval-classification-rows", "eval.jsonl", jsonl({"text": "a", "label": "x"}), "{tmp}/eval.jsonl",
         "classification", split="eval"),
     row("all-text-empty", "train.jsonl", jsonl({"text": ""}, {"text": "  "}), "{tmp}/train.jsonl", "empty"),
-    row("all-outputs-empty", "train.jsonl", jsonl({"instruction": "a", "output": ""}, {"instruction": "b", "output": ""}),
+    row("all-outputs-empty", "train.jsonl",
+        jsonl({"instruction": "a", "output": ""}, {"instruction": "b", "output": ""}),
         "{tmp}/train.jsonl", "empty"),
     row("sft-on-classification-data", "train.jsonl", jsonl({"text": "a", "label": "x"}), "{tmp}/train.jsonl",
         "classification"),

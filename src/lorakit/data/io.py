@@ -42,7 +42,8 @@ _JSON_CELLS = ("messages", "conversations", "history")
 
 def _read_jsonl(path: Path) -> list[Record]:
     out = []
-    for lineno, line in enumerate(read_text(path, DataError).split("\n"), start=1):
+    lines = read_text(path, DataError).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

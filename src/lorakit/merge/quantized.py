@@ -119,8 +119,6 @@ def merge_adapter_to_dir(
     """
     from ..models import DTYPES, load_causal_lm
 
-    from ..models import resolve
-
     start = time.perf_counter()
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config = read_config(adapter_dir)
@@ -144,7 +142,6 @@ def merge_adapter_to_dir(
         raise InputError(f"output directory {out_dir}: holds the adapter {adapter_dir}; pick another directory")
     check_output_dir(out_dir, "output directory", must_be_empty=not overwrite,
                      hint="pass --overwrite (Python: overwrite=True) to replace its contents")
-    resolve(base)
 
     model, tokenizer = load_causal_lm(base, dtype, quantization=method, quant_options=options)
     attach_adapter(model, config, weights, adapter_dir / WEIGHTS_NAME)

@@ -25,7 +25,8 @@ class _Section(StrictConfig):
 
 
 class ModelSection(_Section):
-    name: str = Field(DEFAULT_CAUSAL_LM, min_length=1, description="Embedded default name, local HF model dir, or .gguf file.")
+    name: str = Field(DEFAULT_CAUSAL_LM, min_length=1,
+                      description="Embedded default name, local HF model dir, or .gguf file.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base weight dtype.")
     quantization: Optional[Literal["nf4", "int8"]] = Field(None, description="Quantize the frozen base (QLoRA).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
