@@ -4,7 +4,7 @@
     python scripts/chaos_resume.py 20                # 20 kills, a report, exit code 0 when all held
     python scripts/chaos_resume.py 3 --seed 1 --workdir /tmp/chaos --keep
 
-A tiny Llama (character-level tokenizer built here, no download) trains LoRA with dropout for
+A tiny Llama (character-level tokenizer, `tests/helpers.py`, no download) trains LoRA with dropout for
 `--steps` steps, a checkpoint every 2 steps, in a real `python -m lorakit train` subprocess. First
 one uninterrupted reference run; then N rounds, each in a fresh output_dir:
 
@@ -42,30 +42,16 @@ TOLERANCE = 1e-6
 
 
 def build_assets(work: Path, rows: int) -> Path:
-    """A tiny Llama with a character-level tokenizer over the bundled quickstart data, and a run config."""
-    import torch
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A tiny Llama with a character-level tokenizer (tests/helpers.py) over the bundled quickstart rows."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import tiny_char_lm_dir
 
     from lorakit.data.bundled import path as bundled
 
     lines = bundled("quickstart_train").read_text(encoding="utf-8").splitlines()[:rows]
     (work / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    chars = sorted({c for line in lines for m in json.loads(line)["messages"] for c in m["content"] + m["role"]})
-    specials = ["<unk>", "<pad>", "<eos>", "<|im_start|>", "<|im_end|>"]
-    vocab = {t: i for i, t in enumerate(specials + [c for c in chars + ["\n"] if c not in specials])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
-                                        eos_token="<eos>", additional_special_tokens=specials[3:])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"], bos_token_id=None)
-    model_dir = work / "model"
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
+    texts = [m["content"] + m["role"] for line in lines for m in json.loads(line)["messages"]]
+    return tiny_char_lm_dir(work / "model", texts)
 
 
 def write_config(work: Path, model_dir: Path, steps: int) -> Path:

@@ -112,3 +112,28 @@ def save_tiny_lm(directory, tokenizer, **overrides):
     LlamaForCausalLM(cfg).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+CHAT_MARKERS = ["<|im_start|>", "<|im_end|>"]
+
+
+def char_tokenizer(texts):
+    """A character-level fast tokenizer over the characters of `texts`, with <unk>, <pad>, <eos> and the
+    ChatML markers (no chat template: lorakit's ChatML fallback applies). Built offline in milliseconds."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<eos>", *CHAT_MARKERS]
+    chars = sorted({c for text in texts for c in text} | set("\n abcdefghijklmnopqrstuvwxyz0123456789"))
+    vocab = {t: i for i, t in enumerate(specials + [c for c in chars if c not in specials])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
+                                   additional_special_tokens=CHAT_MARKERS)
+
+
+def tiny_char_lm_dir(path, texts, **overrides):
+    """`save_tiny_lm` with `char_tokenizer(texts)`: a seeded 2-layer Llama (hidden 32), no download."""
+    return save_tiny_lm(path, char_tokenizer(texts), **{"hidden_size": 32, "intermediate_size": 64,
+                                                        "num_hidden_layers": 2, "num_attention_heads": 4,
+                                                        "num_key_value_heads": 2, **overrides})

@@ -1,6 +1,6 @@
 """Fixtures of the bad-input table: shared read-only assets (built once) and each row's own `Env`."""
-import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -8,14 +8,17 @@ from bad_inputs.harness import RUN_CHANGES, Assets, Env, deep_merge, good_run_co
 
 
 @pytest.fixture(scope="session")
-def bad_input_assets(tmp_path_factory, tiny_lm_dir, sft_files, classify_files):
-    """A LoRA adapter (non-zero B) for the tiny LM, good data files, all under one read-only folder."""
+def bad_input_assets(tmp_path_factory, sft_files, classify_files):
+    """A tiny Llama with a character-level tokenizer, a LoRA adapter for it (non-zero B), good data files
+    and a finished 2-step run, all under one read-only folder."""
     from transformers import AutoModelForCausalLM
 
     import lorakit
-    from helpers import randomize_lora_b
+    from helpers import randomize_lora_b, tiny_char_lm_dir
 
     root = tmp_path_factory.mktemp("bad-input-assets")
+    texts = [Path(f).read_text(encoding="utf-8") for f in (*sft_files, *classify_files)]
+    tiny_lm_dir = tiny_char_lm_dir(root / "model", texts)
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
     lorakit.inject(model, lorakit.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     randomize_lora_b(model)

@@ -19,7 +19,7 @@ asserts:
 one-line message containing `names`, and the same "nothing changed" rule.
 
 Placeholders in argv, names and may_change are filled from `Env.vars()`: `{tmp}` (the row's own
-directory, also the working directory), `{model}` (a tiny Llama dir with SmolLM2's tokenizer),
+directory, also the working directory), `{model}` (a tiny Llama dir with a character-level tokenizer),
 `{adapter}` (a LoRA adapter for it), `{train}` / `{eval}` (good chat JSONL files),
 `{classify_train}` (good classification JSONL). Shared assets are read-only for rows: a row that
 needs a broken adapter or model copies one first (`env.adapter_copy()`, `env.model_copy()`).
@@ -94,7 +94,7 @@ class Assets:
     run: Path  # a finished run of RUN_CHANGES: checkpoints/step-000001, step-000002, adapter/, config.yaml
 
     def watched(self) -> list[Path]:
-        return [self.root, self.model]
+        return [self.root] + ([] if self.root in self.model.parents else [self.model])
 
 
 @dataclass
@@ -180,7 +180,7 @@ def good_run_config(assets: Assets, output_dir: Path) -> dict:
     return {
         "model": {"name": str(assets.model)},
         "lora": {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]},
-        "data": {"train": str(assets.train), "eval": str(assets.eval), "max_length": 64, "max_tokens": 128},
+        "data": {"train": str(assets.train), "eval": str(assets.eval), "max_length": 256, "max_tokens": 512},
         "train": {"steps": 1, "lr": 1.0e-3, "schedule": "constant"},
         "eval": {"max_new_tokens": 2, "generate": False},
         "output_dir": str(output_dir),

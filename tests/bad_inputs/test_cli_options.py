@@ -87,6 +87,9 @@ ROWS = [
         setup=lambda env: env.adapter_copy()),
     Cli("merge-requantize-unknown", ["merge", "{adapter}", "{tmp}/merged", "--requantize", "nf5"], ["nf5"]),
     Cli("merge-missing-output", ["merge", "{adapter}"], ["output"]),
+    Cli("generate-blank-prompt-subprocess", [*GEN, " "], ["prompt"], subprocess=True),
+    Cli("override-yaml-error-subprocess", ["train", CFG, "lora.target_modules=[q_proj"], ["lora.target_modules"],
+        subprocess=True, setup=lambda env: env.config()),
     Cli("train-output-dir-is-file-subprocess", ["train", CFG], ["output_dir", "{tmp}/taken"], subprocess=True,
         setup=lambda env: (env.write("taken", "x"), env.config({"output_dir": "{tmp}/taken"}))),
     # --resume
