@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 
 from lorakit.data import load_dataset
 from lorakit.errors import InputError
-from lorakit.files import check_output_dir, check_safetensors, decode_text, read_json, read_text
+from lorakit.files import check_output_dir, decode_text, read_json, read_text
+from lorakit.io.shards import check_safetensors
 
 ROW = {"instruction": "Caf\u00e9 \u2014 \u00bfqu\u00e9?", "output": "\u00fcber"}
 TEXT = json.dumps(ROW, ensure_ascii=False) + "\n"

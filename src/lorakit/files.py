@@ -1,5 +1,5 @@
-"""The user's files: one text decoder, one JSON reader, one output-directory check, atomic writes,
-and integrity checks of tensor files read before anything heavy starts.
+"""The user's files: one text decoder, one JSON reader, one output-directory check, atomic writes.
+(Tensor files are checked in `lorakit.io.shards.check_safetensors`.)
 
 Text (run configs, data files, adapter_config.json, config.json, ...) is read by `read_text`:
 UTF-8 with or without a byte-order mark, and UTF-16 / UTF-32 with a byte-order mark, are accepted.
@@ -15,10 +15,9 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .errors import InputError
 
@@ -90,30 +89,37 @@ def json_type(value: Any) -> str:
 
 
 def check_output_dir(path: str | os.PathLike, what: str, must_be_empty: bool = False,
-                     hint: str = "pass --overwrite to replace its contents") -> Path:
+                     hint: str = "pass --overwrite to replace its contents", inputs: Iterable[os.PathLike] = (),
+                     error: type[InputError] = InputError) -> Path:
     """Check that `path` can become (or already is) a directory to write into; creates nothing.
 
-    `what` is how the user named it (`output_dir`, `OUT_DIR`, `save_adapter path`). Refused:
-    an empty path; an existing file; a path under a file; a place without write permission; and,
-    with `must_be_empty`, a directory that already holds files (`hint` says how to allow it).
+    `what` is how the user named it (`output_dir`, `output directory`, `adapter directory`). Refused
+    (as `error`): an empty path; an existing file; a path under a file; a place without write
+    permission; the directory of one of `inputs` or one holding it (writing there would destroy
+    it); and, with `must_be_empty`, a directory that already holds files (`hint` says how to allow it).
     """
     if not str(path).strip():
-        raise InputError(f"{what}: empty path")
+        raise error(f"{what}: empty path")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise InputError(f"{what} {path}: exists and is not a directory")
+        raise error(f"{what} {path}: exists and is not a directory")
+    resolved = path.resolve()
+    for source in inputs:
+        source = Path(source).expanduser().resolve()
+        if resolved == source or resolved in source.parents:
+            raise error(f"{what} {path}: is (or holds) the input {source}; write the output elsewhere")
     existing = path
     while not existing.exists():
         parent = existing.parent
         if parent == existing:
             break
         if parent.exists() and not parent.is_dir():
-            raise InputError(f"{what} {path}: {parent} is a file, not a directory")
+            raise error(f"{what} {path}: {parent} is a file, not a directory")
         existing = parent
     if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: no permission to write in {existing}")
+        raise error(f"{what} {path}: no permission to write in {existing}")
     if must_be_empty and path.is_dir() and any(path.iterdir()):
-        raise InputError(f"{what} {path}: directory is not empty; {hint}")
+        raise error(f"{what} {path}: directory exists and is not empty ({hint})")
     return path
 
 
@@ -137,41 +143,5 @@ def atomic_write_text(target: Path, text: str) -> None:
     atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
-                      "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64", "U1", "I1", "I4", "U4"}
-
-
-def check_safetensors(path: str | os.PathLike, error: type[InputError] = InputError) -> dict[str, dict]:
-    """The header of a safetensors file, checked against the file's size without reading its tensors.
-
-    Returns {tensor name: {"dtype", "shape", "data_offsets"}}. An empty, truncated or
-    non-safetensors file is `error` naming it, before a loader fails halfway through it.
-    """
-    path = Path(path)
-    size = path.stat().st_size if path.is_file() else None
-    if size is None:
-        raise error(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-        if n is None or n > size - 8:
-            what = "empty" if size == 0 else "truncated or not a safetensors file"
-            raise error(f"{path}: {what} ({size} bytes; the header alone needs {8 + (n or 0)})")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        end = max([int(v["data_offsets"][1]) for v in tensors.values()] or [0])
-        if any(v["dtype"] not in SAFETENSORS_DTYPES or not isinstance(v["shape"], list) for v in tensors.values()):
-            raise ValueError
-    except (ValueError, KeyError, TypeError, IndexError):
-        raise error(f"{path}: not a safetensors file (its header is not a tensor table)") from None
-    if 8 + n + end > size:
-        raise error(f"{path}: truncated: its tensors need {8 + n + end} bytes, the file has {size}")
-    return tensors
-
-
 __all__ = ["decode_text", "read_bytes", "read_text", "read_json", "json_type", "check_output_dir", "atomic_write",
-           "atomic_write_text", "check_safetensors"]
+           "atomic_write_text"]

@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 
 from .errors import InputError
-from .files import check_safetensors, read_json
+from .files import read_json
+from .io.shards import check_safetensors
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -60,8 +61,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LORAKIT_CACHE", Path.home() / ".cache" / "lorakit"))
 
 
-def resolve(name: str) -> Path:
-    """A model name → a local HF directory or `.gguf` file (without loading anything)."""
+def resolve(name: str, tokenizer: bool = True) -> Path:
+    """A model name → a local HF directory or `.gguf` file (without loading anything). A directory is
+    checked (`check_model_dir`; `tokenizer=False` for weights-only uses such as merging)."""
     key = name.lower()
     if key in EMBEDDED:
         spec = EMBEDDED[key]
@@ -74,7 +76,7 @@ def resolve(name: str) -> Path:
         return Path(found.origin).parent / spec.relative
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
-        check_model_dir(path)
+        check_model_dir(path, tokenizer)
         return path
     if path.is_file() and path.suffix == ".gguf":
         return path
@@ -86,14 +88,16 @@ def resolve(name: str) -> Path:
     )
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
+"""Files that make up a HF tokenizer (a model directory needs at least one to load one; merges copy them all)."""
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def check_model_dir(path: Path) -> None:
-    """A HF model directory's config, weights and tokenizer files, checked without loading them (cheap:
-    safetensors headers only)."""
+def check_model_dir(path: Path, tokenizer: bool = True) -> None:
+    """A HF model directory's config, weights and (with `tokenizer`) tokenizer files, checked without
+    loading them (cheap: safetensors headers only)."""
     from transformers import CONFIG_MAPPING
 
     config_file = path / "config.json"
@@ -117,7 +121,7 @@ def check_model_dir(path: Path) -> None:
         check_safetensors(path / "model.safetensors", ModelFormatError)
     elif not any((path / f).is_file() for f in PICKLE_WEIGHTS):
         missing.append("no weights (model.safetensors, or shards listed in model.safetensors.index.json)")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         missing.append(f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
     if missing:
         raise ModelFormatError(f"{path}: incomplete model directory: {'; '.join(missing)}")
@@ -211,9 +215,10 @@ def _gguf_needed_bytes(path: Path) -> int:
         mm.close()
 
 
-def local_dir(name: str) -> Path:
-    """A HF-format directory for `name`, converting a GGUF file into the cache the first time."""
-    path = resolve(name)
+def local_dir(name: str, tokenizer: bool = True) -> Path:
+    """A HF-format directory for `name`, converting a GGUF file into the cache the first time
+    (`tokenizer`: see `resolve`)."""
+    path = resolve(name, tokenizer)
     return gguf_to_cache(path) if path.suffix == ".gguf" else path
 
 

@@ -28,12 +28,13 @@ from torch import nn
 from .. import methods
 from ..config import InitKind, LoraConfig, validation_message
 from ..errors import InputError, UnknownAdapterError
-from ..files import atomic_write, check_output_dir, check_safetensors, read_json
+from ..files import atomic_write, check_output_dir, read_json
 from ..inject import inject
 from ..quant import quant_spec
 from ..state import adapter_configs, bias_parameters, delete_adapter, holders, mark_trainable, set_adapter
 from ..targets import candidate_modules
 from ..tuners.base import Kind, ModulesToSave
+from .shards import check_safetensors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

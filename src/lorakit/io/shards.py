@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..errors import InputError
+from ..files import check_output_dir
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -78,20 +79,51 @@ def checkpoint_files(directory: str | Path) -> list[Path]:
     return [single] if single.is_file() else []
 
 
+_HEADER_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
+                      "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64", "U1", "I1", "I4", "U4"}
+
+
+def check_safetensors(path: str | os.PathLike, error: type[InputError] = InputError) -> dict[str, dict]:
+    """The header of a safetensors file, checked against the file's size without reading its tensors.
+
+    Returns {tensor name: {"dtype", "shape", "data_offsets"}}. An empty, truncated or
+    non-safetensors file is `error` naming it, before a loader fails halfway through it.
+    """
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else None
+    if size is None:
+        raise error(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n > size - 8:
+            what = "empty" if size == 0 else "truncated or not a safetensors file"
+            raise error(f"{path}: {what} ({size} bytes; the header alone needs {8 + (n or 0)})")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max([int(v["data_offsets"][1]) for v in tensors.values()] or [0])
+        if any(v["dtype"] not in _HEADER_DTYPES or not isinstance(v["shape"], list) for v in tensors.values()):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise error(f"{path}: not a safetensors file (its header is not a tensor table)") from None
+    if 8 + n + end > size:
+        raise error(f"{path}: truncated: its tensors need {8 + n + end} bytes, the file has {size}")
+    return tensors
+
+
+
 class SafetensorsReader:
     """Random access to the tensors of one safetensors file by plain reads (no mmap)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(length))
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            raise CheckpointMismatch(f"{self.path}: not a safetensors file ({e})") from None
-        header.pop("__metadata__", None)
-        self.entries: dict[str, dict] = header
-        self._data_start = 8 + length
+        self.entries: dict[str, dict] = check_safetensors(self.path)
+        with open(self.path, "rb") as f:
+            self._data_start = 8 + struct.unpack("<Q", f.read(8))[0]
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -229,18 +261,10 @@ class ShardWriter:
 
 
 def check_output_directory(path: str | Path, overwrite: bool, inputs: Iterable[Path] = ()) -> Path:
-    """Refuse an output path that is a file, holds files (unless `overwrite`), or is one of `inputs`."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path}: exists and is not a directory")
-    resolved = path.resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if resolved == source or resolved in source.parents:
-            raise OutputExistsError(f"{path}: is (or holds) the input {source}; write the output elsewhere")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{path}: directory exists and is not empty (pass --overwrite to replace it)")
-    return path
+    """Refuse an output path that is a file, holds files (unless `overwrite`), or is one of `inputs`
+    (`lorakit.files.check_output_dir`, raising OutputExistsError)."""
+    return check_output_dir(path, "output directory", must_be_empty=not overwrite, inputs=inputs,
+                            hint="pass --overwrite (Python: overwrite=True) to replace it", error=OutputExistsError)
 
 
 @contextlib.contextmanager

@@ -29,14 +29,11 @@ import torch
 from ..errors import InputError
 from ..io.shards import ShardWriter, check_output_directory, release_free_memory, staged_directory
 from ..targets import LAYER_LIST_NAMES
-from ..models import DTYPES, ModelNotFoundError, local_dir
+from ..models import DTYPES, TOKENIZER_FILES, ModelNotFoundError, local_dir
 from .recipe import Recipe, RecipeError, SliceSource, check_recipe, load_recipe, resolve
 from .sources import ModelSource, open_source, split_reference
 
 _LAYER = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYER_LIST_NAMES)})\.(\d+)(?=\.|$)")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
 RECIPE_NAME = "lorakit_merge.yaml"
 
 

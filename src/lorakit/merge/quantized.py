@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -27,8 +25,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..files import check_output_dir
 from ..io import WEIGHTS_NAME, attach_adapter, read_base_quantization, read_config, read_weights
+from ..io.shards import check_output_directory, staged_directory
 from ..quant import dequantize, quantizable_linears, quantized_linear_class
 from ..state import holders, set_adapter
 from ..tuners.layers import LayerWrapper
@@ -138,10 +136,7 @@ def merge_adapter_to_dir(
         quantized_linear_class(requantize)  # unknown method: fail before loading anything
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
     weights = read_weights(adapter_dir, allow_pickle)
-    if out_dir.expanduser().resolve() in (adapter_dir.resolve(), *adapter_dir.resolve().parents):
-        raise InputError(f"output directory {out_dir}: holds the adapter {adapter_dir}; pick another directory")
-    check_output_dir(out_dir, "output directory", must_be_empty=not overwrite,
-                     hint="pass --overwrite (Python: overwrite=True) to replace its contents")
+    out_dir = check_output_directory(out_dir, overwrite, [adapter_dir])
 
     model, tokenizer = load_causal_lm(base, dtype, quantization=method, quant_options=options)
     attach_adapter(model, config, weights, adapter_dir / WEIGHTS_NAME)
@@ -152,27 +147,11 @@ def merge_adapter_to_dir(
         targets = [n for n in quantizable_linears(model) if n in deltas]
         stats["requantize"] = requantize
         stats.update(requantization_error(model, requantize, targets, deltas, **options))
-    _write_dir(out_dir.expanduser(), lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    with staged_directory(out_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     stats["seconds"] = time.perf_counter() - start
     return stats
-
-
-def _write_dir(target: Path, write) -> None:
-    """`write(tmp_dir)`, then swap the temporary directory in for `target` (whose old contents go)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / target.name)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["merge_adapter_to_dir", "merge_dequantized", "requantization_error"]

@@ -23,16 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..config import ConfigError, key_line, load_config, yaml_lines
+from ..config import ConfigError, StrictConfig, key_line, load_config, yaml_lines
 from .methods import METHODS, Method
 
 DTYPE_NAMES = Literal["float32", "bfloat16", "float16"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(StrictConfig):
+    """Strict types and unknown keys refused, like every config class (`lorakit.config.StrictConfig`)."""
 
 
 class ModelEntry(_Strict):
@@ -42,7 +42,7 @@ class ModelEntry(_Strict):
 
 class SliceSource(_Strict):
     model: str
-    layer_range: tuple[int, int] = Field(description="[first, end) layer indices taken from this model.")
+    layer_range: tuple[int, int] = Field(strict=False, description="[first, end) layer indices taken from this model.")
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -75,7 +75,7 @@ def open_source(ref: str, where: str, scratch: contextlib.ExitStack) -> ModelSou
     """
     base, adapter = split_reference(ref)
     try:
-        directory = local_dir(base)
+        directory = local_dir(base, tokenizer=False)
     except ModelNotFoundError as e:
         raise InputError(f"{where}: {e}") from None
     reader = _reader(directory, where)

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError
-from ..files import check_safetensors, read_json
+from ..files import read_json
+from ..io.shards import check_safetensors
 
 PREFIX = "step-"
 
