@@ -11,6 +11,7 @@ YAML 1.1 makes of it); a key written twice in one mapping is an error.
 """
 from __future__ import annotations
 
+import copy
 import enum
 import re
 import warnings
@@ -399,7 +400,7 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str] 
     """
     from .files import read_text
 
-    data, lines = dict(base or {}), {}
+    data, lines = copy.deepcopy(base or {}), {}  # (overrides must not write into the caller's dict)
     if path is not None:
         text = read_text(path, ConfigError)
         try:

@@ -124,3 +124,9 @@ def _options(model: type[BaseModel], prefix=""):
 def test_every_option_has_a_description_for_help():
     missing = [name for name, field in _options(RunConfig) if not field.description]
     assert not missing
+
+
+def test_overrides_leave_the_base_dict_alone():
+    base = {"data": {"train": "x.jsonl"}, "lora": {"r": 16}}
+    assert load_config(RunConfig, None, ["lora.r=4", "data.train=y.jsonl"], base=base).lora.r == 4
+    assert base == {"data": {"train": "x.jsonl"}, "lora": {"r": 16}}

@@ -312,7 +312,7 @@ def test_run_config_chooses_adalora_strictly():
     with pytest.raises(ConfigError, match="adalora.bogus: unknown key"):
         load_config(RunConfig, None, ["method=adalora", "adalora.bogus=1", "data.train=x"])
     with pytest.raises(ConfigError, match="method is 'lora'"):
-        load_config(RunConfig, None, ["adalora.init_r=6", "data.train=x"])
+        load_config(RunConfig, None, ["adalora.init_r=16", "data.train=x"])
     with pytest.raises(ConfigError, match="`lora:` settings"):
         load_config(RunConfig, None, ["method=adalora", "lora.r=4", "data.train=x"])
     assert isinstance(load_config(RunConfig, None, ["data.train=x"]).adapter, lorakit.LoraConfig)
