@@ -22,7 +22,9 @@ Placeholders in argv, names and may_change are filled from `Env.vars()`: `{tmp}`
 directory, also the working directory), `{model}` (a tiny Llama dir with a character-level tokenizer),
 `{adapter}` (a LoRA adapter for it), `{train}` / `{eval}` (good chat JSONL files),
 `{classify_train}` (good classification JSONL). Shared assets are read-only for rows: a row that
-needs a broken adapter or model copies one first (`env.adapter_copy()`, `env.model_copy()`).
+needs a broken adapter, model or run copies one first (`env.adapter_copy()`, `env.model_copy()`,
+`env.run_copy()`); `env.config(changes)` writes `{tmp}/run.yaml`, a good tiny run config with
+`changes` merged in; `env.write(relative, content)` writes any other file.
 
 Adding rows for a new command: create `tests/bad_inputs/test_<feature>.py` with
 
@@ -35,6 +37,7 @@ Adding rows for a new command: create `tests/bad_inputs/test_<feature>.py` with
     def test_my_feature_bad_input(row, env, capsys):
         check_cli(row, env, capsys)
 
+(`Api(id, call, names)` rows with `check_api(row, env)` do the same for Python functions.)
 Keep rows in-process and tiny (no real SmolLM2 / MiniLM loads); mark a real subprocess row with
 `subprocess=True` only where the process boundary itself is under test.
 """
@@ -229,7 +232,7 @@ def _prepare(row, env: Env):
     return roots, allowed, snapshot(roots)
 
 
-def check_cli(row: Cli, env: Env, capsys, monkeypatch=None) -> str:
+def check_cli(row: Cli, env: Env, capsys) -> str:
     """Run the row's command; assert exit 2, one stderr line naming `names`, nothing changed. Returns the line."""
     roots, allowed, before = _prepare(row, env)
     argv = [env.fmt(a) for a in row.argv]
