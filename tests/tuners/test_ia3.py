@@ -8,6 +8,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import lorakit
+from lorakit.errors import InputError
 from helpers import MODEL_FACTORIES, logits, peft_from_pretrained, tiny_llama, train_steps
 from lorakit.tuners.ia3 import IA3Adapter
 from lorakit.tuners.layers import AdaptedLinear, layer_wrappers
@@ -76,8 +77,12 @@ def test_only_vectors_train_and_a_few_steps_lower_the_loss(input_ids):
 def test_config_checks():
     with pytest.raises(ValueError, match="not in target_modules"):
         lorakit.IA3Config(target_modules=["k_proj"], feedforward_modules=["down_proj"])
-    with pytest.raises(TypeError, match="embeddings"):
+    with pytest.raises(InputError, match="embeddings"):
         lorakit.inject(tiny_llama(), lorakit.IA3Config(target_modules=["embed_tokens"]))
+    model = tiny_llama()
+    with pytest.raises(InputError, match="feedforward_modules entries matched none of the targets: down_projj"):
+        lorakit.inject(model, lorakit.IA3Config(feedforward_modules=["down_projj"]))
+    assert not any(p.requires_grad is False for p in model.parameters())  # a failed inject leaves the model as it was
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])

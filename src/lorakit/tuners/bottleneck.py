@@ -27,10 +27,10 @@ from typing import ClassVar, Literal, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import PeftFormatConfig
+from ..config import LayerIndex, PeftFormatConfig
 from ..errors import InputError
 from ..state import replace_module
 from ..targets import LAYER_LIST_NAMES, PRESET_ALIASES
@@ -84,7 +84,8 @@ class BottleneckConfig(PeftFormatConfig):
     non_linearity: Literal["relu", "gelu", "silu", "swish", "tanh"] = Field("relu", description="Activation.")
     scaling: Optional[float] = Field(None, description="s multiplying f(h); default 4.0 for parallel, else 1.0.")
     init_weights: bool = Field(True, description="True: W_up = 0 and biases 0 (the identity). False: random (tests).")
-    layers_to_transform: Union[list[int], int, None] = Field(None, description="Only adapt these layer indices.")
+    layers_to_transform: Union[list[LayerIndex], LayerIndex, None] = Field(
+        None, description="Only adapt these layer indices.")
     attention_output: Optional[str] = Field(
         None, description="Module path, inside each layer, of the attention output (overrides the architecture's).")
     ffn: Optional[str] = Field(None, description="Module path, inside each layer, of the FFN (overrides the "
@@ -93,8 +94,6 @@ class BottleneckConfig(PeftFormatConfig):
     task_type: Optional[str] = Field(None, description="peft task type, e.g. CAUSAL_LM or SEQ_CLS.")
     base_model_name_or_path: Optional[str] = Field(None, description="Where the base model came from.")
     inference_mode: bool = Field(False, description="Written by peft-style loaders.")
-
-    _layers_as_list = field_validator("layers_to_transform")(classmethod(lambda cls, v: [v] if isinstance(v, int) else v))
 
     @model_validator(mode="after")
     def _one_width(self):
@@ -217,6 +216,10 @@ def sites(model: nn.Module, config: BottleneckConfig) -> dict[str, Site]:
                          f"(known: {', '.join(sorted(SITES))}); set "
                          f"{'attention_output and ffn' if 'attention' in missing else 'ffn'} to module paths inside "
                          f"each layer, e.g. from {path}.0: {', '.join(children)}")
+    absent = [i for i in config.layers_to_transform or [] if i >= len(layers)]
+    if absent:
+        raise InputError(f"layers_to_transform: no layer {', '.join(map(str, absent))} in {path} "
+                         f"(layers 0-{len(layers) - 1})")
     out = {}
     for i in range(len(layers)):
         if config.layers_to_transform is None or i in config.layers_to_transform:

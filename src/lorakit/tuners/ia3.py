@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..config import PeftFormatConfig, TargetSpec, matches
+from ..errors import InputError
 from ..targets import preset_targets, wrap_targets
 from .base import Kind, LayerAdapter, Method
 
@@ -120,7 +121,13 @@ def build(model: nn.Module, config: IA3Config, adapter_name: str) -> list[str]:
     wrappers = wrap_targets(model, config, IA3_TARGETS)
     bad = [n for n, w in wrappers.items() if w.embedding]
     if bad:
-        raise TypeError(f"IA³ adapts Linear-like layers only, not embeddings: {bad}")
+        raise InputError(f"IA³ adapts Linear-like layers only, not embeddings: {', '.join(bad)}")
+    spec = config.feedforward_modules
+    entries = [spec] if isinstance(spec, str) else (spec or [])
+    unmatched = [e for e in entries if not any(matches(e if isinstance(spec, str) else [e], n) for n in wrappers)]
+    if unmatched:
+        raise InputError(f"feedforward_modules entries matched none of the targets: {', '.join(unmatched)}; "
+                         f"targets: {', '.join(sorted({n.rsplit('.', 1)[-1] for n in wrappers}))}")
     for name, w in wrappers.items():
         w.add(adapter_name, IA3Adapter(w.in_features, w.out_features, is_feedforward(config, name, model),
                                        config.init_ia3_weights, dtype=w.base_dtype()))
