@@ -43,7 +43,14 @@ def _finished_run(assets: Assets) -> None:
 
 @pytest.fixture
 def env(tmp_path, bad_input_assets, monkeypatch):
-    """The row's directory (also the working directory); the GGUF cache lives inside it, so it is watched."""
+    """The row's directory (also the working directory); the GGUF cache lives inside it, so it is watched.
+    A `lorakit serve` row that got past its checks would serve forever: starting uvicorn fails the row."""
+    import uvicorn
+
+    def no_server(self, *args, **kwargs):
+        raise AssertionError("the bad input was accepted: lorakit serve started a server")
+
+    monkeypatch.setattr(uvicorn.Server, "run", no_server)
     work = tmp_path / "row"
     work.mkdir()
     monkeypatch.chdir(work)

@@ -1,4 +1,5 @@
-"""Bad adapter directories given to eval, generate, chat and merge (`--adapter DIR`, `merge DIR OUT`)."""
+"""Bad adapter directories given to eval, generate, chat, merge, combine and serve (`--adapter DIR`,
+`merge DIR OUT`, `combine DIR GOOD OUT`, `serve --adapter a=DIR`)."""
 import json
 
 import pytest
@@ -19,6 +20,8 @@ def argv(command):
         "generate": ["generate", "--adapter", AD, "hi", "--max-new-tokens", "2"],
         "chat": ["chat", "--adapter", AD, "--max-new-tokens", "2"],
         "merge": ["merge", AD, "{tmp}/merged"],
+        "combine": ["combine", AD, "{adapter}", "{tmp}/combined"],
+        "serve": ["serve", "--model", "{model}", "--adapter", f"a={AD}"],
     }[command]
 
 
@@ -136,7 +139,34 @@ ROWS = [
         "base_quantization.json"),
     row("labels-invalid-json", "generate", adapter(rewrite("labels.json", "[1,")), "labels.json"),
     row("labels-not-a-list", "eval", adapter(rewrite("labels.json", '{"a": 1}')), "labels.json"),
+    # the same mistakes met by combine (reads adapters without a base) and serve (loads them before binding)
+    *[row(f"config-is-list-{c}", c, adapter(rewrite("adapter_config.json", "[1, 2]")), CONFIG, "object")
+      for c in ("combine", "serve")],
+    *[row(f"config-invalid-json-{c}", c, adapter(rewrite("adapter_config.json", '{"r": 8,')), CONFIG, "invalid JSON")
+      for c in ("combine", "serve")],
+    *[row(f"peft-type-unknown-{c}", c, adapter(peft_type="NOPE"), CONFIG, "NOPE") for c in ("combine", "serve")],
+    *[row(f"r-true-{c}", c, adapter(r=True), CONFIG, "r") for c in ("combine", "serve")],
+    *[row(f"alpha-zero-{c}", c, adapter(lora_alpha=0), CONFIG, "lora_alpha") for c in ("combine", "serve")],
+    row("targets-typo-serve", "serve", adapter(target_modules=["q_projj"]), "q_projj"),
+    Cli("base-nonexistent-serve", ["serve", "--adapter", f"a={AD}"], ["{tmp}/nobase"],
+        setup=adapter(base_model_name_or_path="{tmp}/nobase")),
+    *[row(f"weights-truncated-{c}", c, adapter(truncate("adapter_model.safetensors", 300)), WEIGHTS)
+      for c in ("combine", "serve")],
+    row("weights-missing-combine", "combine", adapter(lambda env, d: (d / "adapter_model.safetensors").unlink()),
+        WEIGHTS),
+    row("weights-missing-serve", "serve", adapter(lambda env, d: (d / "adapter_model.safetensors").unlink()),
+        AD, "adapter_model.safetensors"),
+    *[row(f"weights-nan-{c}", c, adapter(set_tensor(FIRST_A, nan_at)), FIRST_A, "NaN") for c in ("combine", "serve")],
+    *[row(f"weights-int-{c}", c, adapter(set_tensor(FIRST_A, lambda t: t.to(torch.int64))), FIRST_A, "int64")
+      for c in ("combine", "serve")],
+    *[row(f"weights-wrong-shape-{c}", c, adapter(set_tensor(FIRST_A, lambda t: torch.zeros(3, t.shape[1]))),
+          "3") for c in ("combine", "serve")],
+    row("weights-bin-only-combine", "combine", adapter(bin_only), "adapter_model.bin"),
+    row("weights-bin-only-serve", "serve", adapter(bin_only), AD, "only safetensors"),
     # the directory
+    Cli("adapter-dir-missing-combine", argv("combine"), [AD]),
+    Cli("adapter-dir-missing-serve", argv("serve"), [AD]),
+    Cli("adapter-is-file-serve", argv("serve"), [AD], setup=lambda env: env.write("adapter", "x")),
     Cli("adapter-dir-missing", argv("generate"), [AD]),
     Cli("adapter-is-file", argv("eval"), [AD], setup=lambda env: env.write("adapter", "x")),
     Cli("adapter-dir-empty", argv("merge"), [AD], setup=lambda env: (env.tmp / "adapter").mkdir()),

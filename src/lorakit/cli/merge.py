@@ -91,6 +91,14 @@ def unit_float(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A kept share: above 0 (nothing kept would zero the adapter; DARE would divide by it) and at most 1."""
+    value = unit_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a share above 0 and at most 1, got {text!r}")
+    return value
+
+
 def register(sub, parent) -> None:
     p = sub.add_parser("merge", parents=[parent],
                        help="fold an adapter into its base; write a plain transformers model")
@@ -116,7 +124,7 @@ def register(sub, parent) -> None:
                    help="one weight per adapter (default 1 each); negative subtracts")
     p.add_argument("--method", default="cat", choices=list(COMBINATIONS),
                    help="cat: exact, rank Σr; svd*: full ΔW truncated to --svd-rank; others act on the factors")
-    p.add_argument("--density", type=unit_float, help="share of entries kept (ties, dare_*, magnitude_prune*)")
+    p.add_argument("--density", type=share, help="share of entries kept (ties, dare_*, magnitude_prune*)")
     p.add_argument("--majority-sign-method", default="total", choices=["total", "frequency"],
                    help="TIES sign election")
     p.add_argument("--svd-rank", type=positive_int, help="rank of the svd* methods (default: the largest input rank)")

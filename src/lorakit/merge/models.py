@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
+from ..files import read_text
 from ..io.shards import ShardWriter, check_output_directory, release_free_memory, staged_directory
 from ..targets import LAYER_LIST_NAMES
 from ..models import DTYPES, TOKENIZER_FILES, ModelNotFoundError, local_dir
@@ -70,7 +71,7 @@ def merge_models(recipe: str | Path | Recipe, out_dir: str | Path, overwrite: bo
         check_recipe(recipe, _raise)
     else:
         path, recipe = recipe, load_recipe(recipe)
-        text = Path(path).read_text()
+        text = read_text(path, RecipeError)
     with contextlib.ExitStack() as scratch:
         sources = _open_all(recipe, scratch)
         tasks, layers, reference = _plan(recipe, sources)

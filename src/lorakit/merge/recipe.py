@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field
 
 from ..config import ConfigError, StrictConfig, key_line, load_config, yaml_lines
+from ..files import read_text
 from .methods import METHODS, Method
 
 DTYPE_NAMES = Literal["float32", "bfloat16", "float16"]
@@ -83,7 +84,7 @@ class RecipeError(ConfigError):
 def load_recipe(path: str | Path) -> Recipe:
     """Read and check a recipe: structure (pydantic), then methods, parameter names and kinds."""
     recipe = load_config(Recipe, str(path))
-    lines = yaml_lines(Path(path).read_text())
+    lines = yaml_lines(read_text(path, RecipeError))
 
     def fail(key: str, msg: str):
         line = key_line(lines, key)
