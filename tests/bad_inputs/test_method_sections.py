@@ -1,5 +1,6 @@
-"""Bad run configs for the registry's other methods (IA³, bottleneck adapters): their sections' values,
-and mistakes only the model reveals (the line then names the method's section and the key)."""
+"""Bad run configs for the registry's other methods (IA³, bottleneck adapters, prompt / p- / prefix
+tuning): their sections' values, and mistakes only the model reveals (the line then names the
+method's section and the key)."""
 import pytest
 
 from bad_inputs.harness import Cli, check_cli, table
@@ -46,6 +47,23 @@ ROWS = [
         "bottleneck.layers_to_transform"),
     at_inject("bottleneck-layer-99", "bottleneck", {"layers_to_transform": [99]}, "layers_to_transform", "99"),
     at_inject("bottleneck-ffn-path-unknown", "bottleneck", {"ffn": "mlpp"}, "mlpp"),
+    bad("prompt-tokens-zero", {"method": "prompt_tuning", "prompt_tuning": {"num_virtual_tokens": 0}},
+        "prompt_tuning.num_virtual_tokens"),
+    bad("prompt-tokens-true", {"method": "prompt_tuning", "prompt_tuning": {"num_virtual_tokens": True}},
+        "prompt_tuning.num_virtual_tokens"),
+    bad("prompt-init-unknown", {"method": "prompt_tuning", "prompt_tuning": {"prompt_tuning_init": "ZEROS"}},
+        "prompt_tuning.prompt_tuning_init"),
+    bad("prompt-init-text-without-text", {"method": "prompt_tuning", "prompt_tuning": {"prompt_tuning_init": "TEXT"}},
+        "prompt_tuning_init_text"),
+    bad("p-tuning-encoder-unknown", {"method": "p_tuning", "p_tuning": {"encoder_reparameterization_type": "GRU"}},
+        "p_tuning.encoder_reparameterization_type"),
+    bad("p-tuning-dropout-one", {"method": "p_tuning", "p_tuning": {"encoder_dropout": 1.0}},
+        "p_tuning.encoder_dropout"),
+    bad("prefix-projection-string", {"method": "prefix_tuning", "prefix_tuning": {"prefix_projection": "yes"}},
+        "prefix_tuning.prefix_projection"),
+    bad("prefix-with-packing", {"method": "prefix_tuning", "data": {"batching": "packed"}}, "data.batching"),
+    at_inject("prompt-tokens-beyond-context", "prompt_tuning", {"num_virtual_tokens": 100000},
+              "num_virtual_tokens=100000"),
     Cli("override-method-section-typo", ["train", CFG, "method=ia3", "ia3.target_modulez=[k_proj]"],
         ["ia3.target_modulez", "unknown key"], setup=lambda env: env.config(drop=["lora"])),
 ]
