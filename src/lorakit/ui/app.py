@@ -285,13 +285,16 @@ def _prefill(settings: UiSettings, policy: forms.PathPolicy, config: Optional[st
     """Form values (dotted key → text) from a config file of the configs directory, or for a data file."""
     import yaml
 
+    from ..config import parse_yaml
+    from ..files import read_text
+
     if config is not None:
         root = settings.configs
         path = (root / config).resolve() if root is not None else None
         if path is None or not path.is_relative_to(root.resolve()) or path.suffix != ".yaml" or not path.is_file():
             raise UnknownRun(f"no config {config!r} under {root}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = parse_yaml(read_text(path)) or {}
         except yaml.YAMLError as e:
             raise InputError(f"{config}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(loaded, dict):

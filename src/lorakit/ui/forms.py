@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..config import _set_dotted
+from ..config import _set_dotted, parse_yaml
 from .runs import flatten
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -87,7 +87,7 @@ def parse_values(values: dict[str, Any]) -> tuple[dict, dict[str, str]]:
             if not raw.strip():
                 continue
             try:
-                raw = yaml.safe_load(raw)
+                raw = parse_yaml(raw)  # as command-line overrides: YAML 1.2 numbers (1e-2 is a float)
             except yaml.YAMLError as e:
                 errors[key] = f"not valid YAML: {getattr(e, 'problem', None) or e}"
                 continue
@@ -182,6 +182,6 @@ def yaml_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value if yaml.safe_load(value) == value else yaml.safe_dump(value, default_flow_style=True).strip()
+        return value if parse_yaml(value) == value else yaml.safe_dump(value, default_flow_style=True).strip()
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
