@@ -84,39 +84,22 @@ def gguf_to_cache(gguf: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .model_io import save_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        _save_plain(model, tmp)
-        tokenizer.save_pretrained(tmp)
+        save_model_dir(model, staging / "model", tokenizer)
         try:
-            os.replace(tmp, target)
+            os.replace(staging / "model", target)
         except OSError:
             if not (target / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp)  # another process (a torchrun rank) converted it meanwhile
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                raise  # another process (a torchrun rank) converted it meanwhile: use theirs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _save_plain(model, directory: Path) -> None:
-    """save_pretrained refuses models loaded from GGUF; write config + safetensors directly."""
-    from safetensors.torch import save_file
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.save_pretrained(directory)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(directory)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_tokenizer(name: str, **kwargs):

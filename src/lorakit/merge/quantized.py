@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..io import load_adapter, read_base_quantization, read_config
+from ..model_io import check_output_dir, save_model_dir
 from ..quant import dequantize, quantizable_linears, quantized_linear_class
 from ..state import holders, set_adapter
 from ..tuners.layers import LayerWrapper
@@ -126,6 +127,7 @@ def merge_adapter_to_dir(
     if requantize is not None:
         quantized_linear_class(requantize)  # unknown method: fail before loading anything
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
+    check_output_dir(out_dir)
 
     model, tokenizer = load_causal_lm(base, dtype, quantization=method, quant_options=options)
     load_adapter(model, adapter_dir)
@@ -136,9 +138,7 @@ def merge_adapter_to_dir(
         targets = [n for n in quantizable_linears(model) if n in deltas]
         stats["requantize"] = requantize
         stats.update(requantization_error(model, requantize, targets, deltas, **options))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    save_model_dir(model, out_dir, tokenizer)
     stats["seconds"] = time.perf_counter() - start
     return stats
 
