@@ -187,6 +187,16 @@ def check_output_dir(out: Path, marker: str = "config.json") -> None:
                                 "refusing to replace it (choose a new output directory)")
 
 
+def check_output_file(out: str | Path) -> None:
+    """`out` can be written as a file: it is not a directory and its parent is not a file."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputExistsError(f"{out}: is a directory; expected a file path")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputExistsError(f"{out}: {parent} is not a directory")
+
+
 @contextmanager
 def atomic_dir(out: str | Path, marker: str = "config.json") -> Iterator[Path]:
     """Yield a fresh temporary directory beside `out`; on success it replaces `out` whole."""
@@ -263,6 +273,7 @@ def save_model_dir(model: nn.Module, out: str | Path, tokenizer=None, state: Opt
     (name → text). Replaces `out` whole if it is an earlier model directory; see `check_output_dir`."""
     out = Path(out)
     config = model.config
+    config.architectures = [type(model).__name__]  # as save_pretrained does; loaders pick the head class by it
     with atomic_dir(out) as tmp:
         saved_quantization = getattr(config, "quantization_config", None)
         if saved_quantization is not None:  # a model loaded from GGUF: the weights are plain now
@@ -299,5 +310,5 @@ def _fsync_tree(directory: Path) -> None:
 
 
 __all__ = ["checkpoint_files", "SafetensorsReader", "load_into", "CheckpointMismatch", "OutputExistsError",
-           "atomic_write", "atomic_dir", "check_output_dir", "plain_state_dict", "write_safetensors",
+           "atomic_write", "atomic_dir", "check_output_dir", "check_output_file", "plain_state_dict", "write_safetensors",
            "save_model_dir", "tied_groups", "check_keys", "assign_tensor", "read_checked", "fill_remaining"]
