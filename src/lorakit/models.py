@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from .errors import InputError
+
 
 class ModelNotFoundError(FileNotFoundError):
     """The model name is neither an embedded default nor a local directory or GGUF file."""
@@ -124,9 +126,15 @@ def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32", quanti
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .quant.saved import load_int8_dir, saved_quantization
+
     path = local_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if quantization is None:
+    if saved_quantization(path) is not None:  # a `lorakit compress int8` directory: stored quantized
+        if quantization is not None:
+            raise InputError(f"{name}: already quantized (int8); it cannot also be loaded with quantization={quantization!r}")
+        model = load_int8_dir(path, AutoModelForCausalLM, DTYPES[dtype])
+    elif quantization is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     else:
         model = _load_quantized_causal_lm(path, DTYPES[dtype], quantization, dict(quant_options or {}))
@@ -166,13 +174,18 @@ def load_classifier(name: str = DEFAULT_ENCODER, labels: Optional[list] = None, 
     """(model, tokenizer) for sequence classification with a fresh head over `labels`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .quant.saved import load_int8_dir, saved_quantization
+
     path = local_dir(name)
     labels = list(labels or [0, 1])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(labels), id2label={i: str(l) for i, l in enumerate(labels)},
-        label2id={str(l): i for i, l in enumerate(labels)}, dtype=DTYPES[dtype],
-    )
+    if saved_quantization(path) is not None:  # a compressed classifier keeps its own head and labels
+        model = load_int8_dir(path, AutoModelForSequenceClassification, DTYPES[dtype])
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label={i: str(l) for i, l in enumerate(labels)},
+            label2id={str(l): i for i, l in enumerate(labels)}, dtype=DTYPES[dtype],
+        )
     model.name_or_path = name
     _ensure_pad(tokenizer, model)
     return model, tokenizer

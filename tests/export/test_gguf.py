@@ -2,7 +2,7 @@
 import gguf
 import pytest
 
-from conftest import chat_llama, train_bpe
+from helpers import chat_llama, train_bpe
 from lorakit.export import GGUF_TYPES, UnsupportedArchitecture, check_gguf, export_gguf, write_gguf
 from lorakit.export.gguf_vocab import UnsupportedTokenizer, gguf_vocab
 from lorakit.inference import load_merged

@@ -2,7 +2,7 @@
 import gguf
 import pytest
 
-from conftest import make_adapter
+from helpers import make_adapter
 from lorakit.export import check_gguf_lora, export_gguf_lora
 from lorakit.export.gguf_lora import UnsupportedAdapter
 from lorakit.inference import load_trained

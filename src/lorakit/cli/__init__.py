@@ -18,7 +18,7 @@ from typing import Optional
 from ..errors import InputError
 from .common import EXIT_USAGE
 
-COMMAND_MODULES = ("train", "use", "merge", "serve", "ui", "export")
+COMMAND_MODULES = ("train", "use", "merge", "serve", "ui", "export", "compress")
 """Modules of this package that register subcommands, in `--help` order."""
 
 
