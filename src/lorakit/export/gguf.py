@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import gguf
 import numpy as np
@@ -109,23 +109,37 @@ def gguf_tensors(model: nn.Module, layout: dict) -> dict[str, torch.Tensor]:
 def write_gguf(model: nn.Module, tokenizer, out: str | os.PathLike, gguf_type: str = "f32",
                name: Optional[str] = None) -> Path:
     """Write `model` (a plain Llama-family causal LM) and `tokenizer` to the GGUF file `out`, atomically."""
-    if gguf_type not in GGUF_TYPES:
-        raise InputError(f"--type {gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
+    check_type(gguf_type)
     layout = llama_layout(model.config)
     vocab = gguf_vocab(tokenizer, layout["vocab_size"])
-    tensors = gguf_tensors(model, layout)
+
+    def metadata(writer) -> None:
+        _write_hparams(writer, layout)
+        write_vocab(writer, vocab)
+
+    return write_file(out, gguf.GGUFType.MODEL, name, gguf_type, metadata, gguf_tensors(model, layout))
+
+
+def check_type(gguf_type: str) -> None:
+    if gguf_type not in GGUF_TYPES:
+        raise InputError(f"--type {gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
+
+
+def write_file(out: str | os.PathLike, kind: str, name: Optional[str], gguf_type: str,
+               metadata: Callable[[gguf.GGUFWriter], None], tensors: dict[str, torch.Tensor]) -> Path:
+    """One llama-architecture GGUF file, atomically: general.* keys, `metadata(writer)`, then `tensors`
+    (GGUF name → float tensor, encoded as `gguf_type`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(path: str) -> None:
         writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_type(kind)
         writer.add_name(name or out.stem)
         writer.add_file_type(int(GGUF_TYPES[gguf_type]))
         if gguf_type == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_hparams(writer, layout)
-        write_vocab(writer, vocab)
+        metadata(writer)
         for tensor_name, value in tensors.items():
             array, raw = _encode(value, gguf_type)
             writer.add_tensor(tensor_name, array, raw_dtype=raw)
@@ -191,8 +205,7 @@ def export_gguf(source: str, out: str | os.PathLike, gguf_type: str = "f32", bas
     """Merge `source` (adapter dir or model) and write it as GGUF; with `check`, the parity figures too."""
     from ..inference import load_merged
 
-    if gguf_type not in GGUF_TYPES:
-        raise InputError(f"--type {gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
+    check_type(gguf_type)
     start = time.perf_counter()
     check_output_file(out)
     merged = load_merged(source, base)

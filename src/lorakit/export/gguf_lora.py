@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model_io import atomic_write, check_output_file
+from ..model_io import check_output_file
 from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper
-from .gguf import GGUF_TYPES, UnsupportedArchitecture, _encode, llama_layout, rope_permute
+from .gguf import UnsupportedArchitecture, check_type, llama_layout, rope_permute, write_file
 
 
 class UnsupportedAdapter(InputError):
@@ -73,33 +73,16 @@ def lora_factors(model: nn.Module, layout: dict) -> dict[str, tuple[torch.Tensor
 def write_gguf_lora(model: nn.Module, alpha: float, out: str | os.PathLike, gguf_type: str = "f32",
                     name: Optional[str] = None) -> Path:
     """Write the active LoRA adapter of `model` (a Llama-family causal LM) as a llama.cpp LoRA GGUF."""
-    if gguf_type not in GGUF_TYPES:
-        raise InputError(f"--type {gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
+    check_type(gguf_type)
     layout = {**llama_layout(model.config), "alpha": float(alpha)}
-    factors = lora_factors(model, layout)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {base + suffix: value for base, (a, b, _) in lora_factors(model, layout).items()
+               for suffix, value in ((".lora_a", a), (".lora_b", b))}
 
-    def write(path: str) -> None:
-        writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        writer.add_type(gguf.GGUFType.ADAPTER)
+    def metadata(writer) -> None:
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, layout["alpha"])
-        writer.add_name(name or out.stem)
-        writer.add_file_type(int(GGUF_TYPES[gguf_type]))
-        if gguf_type == "q8_0":
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for base_name, (a, b, _) in factors.items():
-            for suffix, value in ((".lora_a", a), (".lora_b", b)):
-                array, raw = _encode(value, gguf_type)
-                writer.add_tensor(base_name + suffix, array, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
 
-    atomic_write(out, write)
-    return out
+    return write_file(out, gguf.GGUFType.ADAPTER, name, gguf_type, metadata, tensors)
 
 
 def rope_unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
