@@ -131,8 +131,8 @@ def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32", quanti
     path = local_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if saved_quantization(path) is not None:  # a `lorakit compress int8` directory: stored quantized
-        if quantization is not None:
-            raise InputError(f"{name}: already quantized (int8); it cannot also be loaded with quantization={quantization!r}")
+        if quantization not in (None, "int8"):  # "int8": e.g. an adapter trained on this directory
+            raise InputError(f"{name}: stored as int8; it cannot be loaded with quantization={quantization!r}")
         model = load_int8_dir(path, AutoModelForCausalLM, DTYPES[dtype])
     elif quantization is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])

@@ -72,3 +72,12 @@ def test_bad_input_is_refused_before_loading(chat_lm_dir, tmp_path, capsys):
     (foreign / "todo.txt").write_text("keep")
     assert main(["compress", "int8", str(chat_lm_dir), str(foreign)]) == 2
     assert "refusing to replace it" in capsys.readouterr().err and (foreign / "todo.txt").exists()
+
+
+def test_an_adapter_trained_on_an_int8_dir_loads_back(int8_dir, sft_config):
+    from lorakit.train.loop import train
+
+    _, out = int8_dir
+    result = train(sft_config(f"model.name={out}", "train.steps=1"), quiet=True)
+    trained = load_trained(str(result.adapter_dir))
+    assert sum(isinstance(m, Int8Linear) for m in trained.model.modules()) == 14
