@@ -151,7 +151,7 @@ def distill_student(args, adapter: Path) -> dict:
     from lorakit.compress import prune_to_dir
     from lorakit.config import load_config
     from lorakit.inference import load_merged
-    from lorakit.model_io import save_model_dir
+    from lorakit.io.model_dir import save_model_dir
     from lorakit.train.config import RunConfig
     from lorakit.train.loop import train
 
@@ -183,7 +183,7 @@ def main() -> int:
     from lorakit.compress.measure import dir_bytes
     from lorakit.export import export_gguf, export_gguf_lora
     from lorakit.inference import load_merged
-    from lorakit.model_io import save_model_dir
+    from lorakit.io.model_dir import save_model_dir
 
     adapter = args.adapter or quickstart_adapter(args.out)
     log(f"adapter: {adapter}")

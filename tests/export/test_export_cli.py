@@ -16,7 +16,7 @@ def test_gguf_and_gguf_lora_commands_print_parity(chat_adapter_dir, tmp_path, ca
     (["export", "gguf", "{missing}", "{tmp}/m.gguf"], "not a local model directory"),
     (["export", "gguf", "{adapter}", "{tmp}"], "is a directory; expected a file path"),
     (["export", "gguf-lora", "{tmp}", "{tmp}/a.gguf"], "not an adapter directory"),
-    (["export", "onnx", "{adapter}", "{foreign}"], "refusing to replace it"),
+    (["export", "onnx", "{adapter}", "{foreign}"], "pass --overwrite to replace it"),
 ])
 def test_bad_input_is_one_line(chat_adapter_dir, tmp_path, capsys, argv, message):
     foreign = tmp_path / "foreign"

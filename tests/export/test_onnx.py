@@ -39,7 +39,7 @@ def test_batched_decoding_with_left_padding_equals_one_by_one(onnx_lm, chat_adap
 def test_classifier_gives_identical_labels(tiny_encoder_dir, tmp_path):
     from lorakit.data.bundled import path as bundled_path
     from lorakit.models import load_classifier
-    from lorakit.model_io import save_model_dir
+    from lorakit.io.model_dir import save_model_dir
 
     model, tokenizer = load_classifier(str(tiny_encoder_dir), labels=["a", "b", "c"])
     save_model_dir(model, tmp_path / "clf", tokenizer)

@@ -33,7 +33,7 @@ def cmd_int8(args) -> int:
     from ..compress import compress_int8
 
     stats = compress_int8(args.source, args.output, kernel=args.kernel, base=args.base, eval_data=args.eval,
-                          max_samples=args.max_samples)
+                          max_samples=args.max_samples, overwrite=args.overwrite)
     print(f"int8 model written to {args.output} (lorakit eval/generate/serve --model {args.output})")
     _print(stats)
     return 0
@@ -49,7 +49,7 @@ def cmd_prune(args) -> int:
     prune_to_dir(args.source, args.output, method=args.method, sparsity=args.sparsity, heads=args.heads,
                           keep_layers=args.keep_layers if args.layers is None else args.layers, steps=args.steps, recover=args.recover, recover_overrides=args.set,
                           calibration=args.calibration, eval_data=args.eval, max_samples=args.max_samples,
-                          base=args.base, on_step=show)
+                          base=args.base, on_step=show, overwrite=args.overwrite)
     print(f"pruned model written to {args.output} (per-step report: {args.output}/prune_report.json)")
     return 0
 
@@ -70,6 +70,7 @@ def register(sub, parent) -> None:
         g.add_argument("--base", help="base model of an adapter, overriding base_model_name_or_path")
         g.add_argument("--eval", help="held-out data (file or bundled:NAME): report quality before and after")
         g.add_argument("--max-samples", type=positive_int, help="evaluate on at most this many rows")
+        g.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
 
     g = kinds.add_parser("int8", parents=[parent], help="dynamic int8 quantization of the linear layers")
     common(g)

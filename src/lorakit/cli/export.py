@@ -19,7 +19,8 @@ def _report(stats: dict, ok: bool) -> int:
 def cmd_gguf(args) -> int:
     from ..export import export_gguf
 
-    stats = export_gguf(args.source, args.output, args.type, base=args.base, check=not args.no_check)
+    stats = export_gguf(args.source, args.output, args.type, base=args.base, check=not args.no_check,
+                        overwrite=args.overwrite)
     print(f"GGUF written to {args.output} (llama.cpp: llama-cli -m {args.output})")
     ok = args.no_check or stats["parity_tokenizer_equal"] and (
         args.type != "f32" or stats["parity_max_abs_logit_diff"] <= F32_LIMITS["gguf"])
@@ -29,7 +30,8 @@ def cmd_gguf(args) -> int:
 def cmd_gguf_lora(args) -> int:
     from ..export import export_gguf_lora
 
-    stats = export_gguf_lora(args.adapter, args.output, base=args.base, gguf_type=args.type, check=not args.no_check)
+    stats = export_gguf_lora(args.adapter, args.output, base=args.base, gguf_type=args.type, check=not args.no_check,
+                             overwrite=args.overwrite)
     print(f"LoRA GGUF written to {args.output} (llama.cpp: llama-cli -m BASE.gguf --lora {args.output})")
     ok = args.no_check or args.type != "f32" or stats["parity_max_rel_delta_diff"] <= F32_LIMITS["gguf-lora"]
     return _report(stats, ok)
@@ -38,7 +40,7 @@ def cmd_gguf_lora(args) -> int:
 def cmd_onnx(args) -> int:
     from ..export import export_onnx
 
-    stats = export_onnx(args.source, args.output, base=args.base, check=not args.no_check)
+    stats = export_onnx(args.source, args.output, base=args.base, check=not args.no_check, overwrite=args.overwrite)
     print(f"ONNX model written to {args.output} (model.onnx, tokenizer, onnx_export.json)")
     same = stats.get("parity_greedy_equal", stats.get("parity_labels_equal"))
     ok = args.no_check or stats["parity_max_abs_logit_diff"] <= ONNX_LIMIT and same == 1.0
@@ -61,6 +63,7 @@ def register(sub, parent) -> None:
     g.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f32", help="tensor type (default f32)")
     g.add_argument("--base", help="base model of an adapter, overriding base_model_name_or_path")
     g.add_argument("--no-check", action="store_true", help="skip reading the file back with transformers")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.set_defaults(func=cmd_gguf)
 
     g = kinds.add_parser("gguf-lora", parents=[parent], help="the adapter alone in llama.cpp's LoRA GGUF layout")
@@ -69,6 +72,7 @@ def register(sub, parent) -> None:
     g.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f32", help="factor type (default f32)")
     g.add_argument("--base", help="base model, overriding base_model_name_or_path")
     g.add_argument("--no-check", action="store_true", help="skip rebuilding ΔW from the file")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.set_defaults(func=cmd_gguf_lora)
 
     g = kinds.add_parser("onnx", parents=[parent], help="merged model as ONNX (with key/value cache) + tokenizer")
@@ -76,4 +80,5 @@ def register(sub, parent) -> None:
     g.add_argument("output", help="directory to write (model.onnx, tokenizer files, onnx_export.json)")
     g.add_argument("--base", help="base model of an adapter, overriding base_model_name_or_path")
     g.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     g.set_defaults(func=cmd_onnx)

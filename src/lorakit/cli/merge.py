@@ -10,7 +10,8 @@ from .common import RAW, positive_int
 def cmd_merge(args) -> int:
     from ..merge import merge_adapter_to_dir
 
-    stats = merge_adapter_to_dir(args.adapter, args.output, requantize=args.requantize, base_model=args.base)
+    stats = merge_adapter_to_dir(args.adapter, args.output, requantize=args.requantize, base_model=args.base,
+                                 overwrite=args.overwrite)
     print(f"merged model written to {args.output} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
     for key, value in stats.items():
         print(f"  {key}: {value}")
@@ -97,6 +98,7 @@ def register(sub, parent) -> None:
     p.add_argument("output", help="directory for the merged model + tokenizer")
     p.add_argument("--base", help="base model, overriding the adapter's base_model_name_or_path")
     p.add_argument("--requantize", choices=["nf4"], help="also report the error of re-quantizing the merged weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.set_defaults(func=cmd_merge)
 
     from ..merge import COMBINATIONS

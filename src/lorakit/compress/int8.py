@@ -22,7 +22,7 @@ from typing import Optional
 from torch import nn
 
 from ..errors import InputError
-from ..model_io import check_output_dir
+from ..io.shards import check_output_directory
 from ..quant import quantize
 from ..quant.int8 import Int8Linear
 from ..quant.saved import save_int8_dir, use_int8_kernel
@@ -45,7 +45,7 @@ def kernel_speeds(model: nn.Module, tokenizer, task: str) -> dict[str, float]:
 
 
 def compress_int8(source: str, out: str | os.PathLike, kernel: str = "auto", base: Optional[str] = None,
-                  eval_data: Optional[str] = None, max_samples: Optional[int] = None) -> dict:
+                  eval_data: Optional[str] = None, max_samples: Optional[int] = None, overwrite: bool = False) -> dict:
     """Merge `source` (adapter dir or model), quantize its linears to int8 and save to `out`.
 
     With `eval_data`, also the held-out metrics before and after (`lorakit eval`'s).
@@ -56,7 +56,7 @@ def compress_int8(source: str, out: str | os.PathLike, kernel: str = "auto", bas
 
     if kernel not in KERNELS:
         raise InputError(f"--kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
-    check_output_dir(Path(out))
+    check_output_directory(out, overwrite, [Path(source).expanduser()])
     start = time.perf_counter()
     trained = load_merged(source, base)
     model, tokenizer = trained.model, trained.tokenizer

@@ -23,7 +23,8 @@ from typing import Callable, Optional, Sequence
 from torch import nn
 
 from ..errors import InputError
-from ..model_io import check_output_dir, save_model_dir
+from ..io.model_dir import save_model_dir
+from ..io.shards import check_output_directory
 from .measure import quality
 from .prune import apply_masks, prune_unstructured, sparsity_report, zero_masks
 from .structured import calibration_batches, evenly_spaced_layers, linear_parameters, prune_structured
@@ -71,7 +72,7 @@ def prune_to_dir(source: str, out: str | os.PathLike, method: str = "unstructure
                  recover: Optional[str] = None, recover_overrides: Sequence[str] = (),
                  calibration: Optional[str] = None, eval_data: Optional[str] = None,
                  max_samples: Optional[int] = None, base: Optional[str] = None,
-                 on_step: Optional[Callable[[dict], None]] = None) -> dict:
+                 on_step: Optional[Callable[[dict], None]] = None, overwrite: bool = False) -> dict:
     """Prune `source` (adapter dir or model) with `method` to `sparsity` in `steps` steps (LoRA
     recovery after each when `recover` names a run config) and save the result to `out`.
 
@@ -95,8 +96,7 @@ def prune_to_dir(source: str, out: str | os.PathLike, method: str = "unstructure
         raise InputError("--heads and --keep-layers remove whole structures: use them with --method structured")
     if recover is not None and not Path(recover).is_file():
         raise InputError(f"--recover {recover}: run config file not found")
-    out = Path(out)
-    check_output_dir(out)
+    out = check_output_directory(out, overwrite, [Path(source).expanduser()])
     start = time.perf_counter()
     trained = load_merged(source, base)
     if trained.task != "sft" and (method == "structured" or recover):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model_io import atomic_write, check_output_file
+from ..io.shards import atomic_write, check_output_file
 from .gguf_vocab import gguf_vocab, write_vocab
 from .probe import PROBE_TEXTS, probe_ids
 
@@ -201,13 +201,14 @@ def check_gguf(model: nn.Module, tokenizer, path: str | os.PathLike) -> GgufPari
 
 
 def export_gguf(source: str, out: str | os.PathLike, gguf_type: str = "f32", base: Optional[str] = None,
-                check: bool = True) -> dict:
-    """Merge `source` (adapter dir or model) and write it as GGUF; with `check`, the parity figures too."""
+                check: bool = True, overwrite: bool = False) -> dict:
+    """Merge `source` (adapter dir or model) and write it as GGUF; with `check`, the parity figures too.
+    An existing `out` is replaced only with `overwrite` (checked before anything loads)."""
     from ..inference import load_merged
 
     check_type(gguf_type)
     start = time.perf_counter()
-    check_output_file(out)
+    check_output_file(out, overwrite)
     merged = load_merged(source, base)
     if merged.task != "sft":
         raise UnsupportedArchitecture(f"{source}: a {merged.task} model; GGUF export writes causal LMs only")

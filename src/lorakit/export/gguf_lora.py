@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model_io import check_output_file
+from ..io.shards import check_output_file
 from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper
 from .gguf import UnsupportedArchitecture, check_type, llama_layout, rope_permute, write_file
 
@@ -142,7 +142,7 @@ def _read(tensor) -> np.ndarray:
 
 
 def export_gguf_lora(adapter_dir: str | os.PathLike, out: str | os.PathLike, base: Optional[str] = None,
-                     gguf_type: str = "f32", check: bool = True) -> dict:
+                     gguf_type: str = "f32", check: bool = True, overwrite: bool = False) -> dict:
     """Write the LoRA adapter in `adapter_dir` as a llama.cpp LoRA GGUF; with `check`, the parity figures."""
     from ..inference import load_trained
     from ..io import CONFIG_NAME, read_config
@@ -151,7 +151,7 @@ def export_gguf_lora(adapter_dir: str | os.PathLike, out: str | os.PathLike, bas
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / CONFIG_NAME).is_file():
         raise UnsupportedAdapter(f"{adapter_dir}: not an adapter directory (no {CONFIG_NAME})")
-    check_output_file(out)
+    check_output_file(out, overwrite)
     config = read_config(adapter_dir)
     if config.PEFT_TYPE != "LORA" or getattr(config, "use_dora", False):
         raise UnsupportedAdapter(f"{adapter_dir}: peft_type {config.PEFT_TYPE}"

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model_io import atomic_dir, check_output_dir
+from ..io.shards import check_output_directory, staged_directory
 from .onnx_runtime import MANIFEST, OnnxModel, OnnxParity, check_onnx
 
 ONNX_FILE = "model.onnx"
@@ -78,11 +78,11 @@ def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list
 
 def write_onnx(model: nn.Module, tokenizer, out_dir: str | os.PathLike, task: str) -> Path:
     """Export `model` (a plain causal LM for task "sft", a sequence classifier for "classification") into
-    `out_dir` with its tokenizer, config and `onnx_export.json`; atomically."""
+    `out_dir` (replaced whole) with its tokenizer, config and `onnx_export.json`."""
     from torch.export import Dim
 
     model = model.eval()
-    with atomic_dir(out_dir, marker=MANIFEST) as tmp:
+    with staged_directory(out_dir) as tmp:
         if task == "sft":
             layers, kv_heads, head_dim = cache_shape(model.config)
             batch, seq, past_len = Dim("batch"), Dim("sequence"), Dim("past_sequence")
@@ -129,13 +129,14 @@ class _Classifier(nn.Module):
         return self.model(**dict(zip(self.names, inputs))).logits
 
 
-def export_onnx(source: str, out_dir: str | os.PathLike, base: Optional[str] = None, check: bool = True) -> dict:
+def export_onnx(source: str, out_dir: str | os.PathLike, base: Optional[str] = None, check: bool = True,
+                overwrite: bool = False) -> dict:
     """Merge `source` (adapter dir or model) and export it to ONNX; with `check`, the parity figures
     against onnxruntime (`check_onnx`)."""
     from ..inference import load_merged
 
     start = time.perf_counter()
-    check_output_dir(Path(out_dir), marker=MANIFEST)
+    check_output_directory(out_dir, overwrite, [Path(source).expanduser()])
     merged = load_merged(source, base)
     path = write_onnx(merged.model, merged.tokenizer, out_dir, merged.task)
     stats = {"out": str(path), "task": merged.task, "bytes": sum(f.stat().st_size for f in path.iterdir())}

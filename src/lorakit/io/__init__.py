@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +29,7 @@ from ..quant import quant_spec
 from ..state import adapter_configs, bias_parameters, delete_adapter, holders, mark_trainable, set_adapter
 from ..targets import candidate_modules
 from ..tuners.base import Kind, ModulesToSave
+from .shards import atomic_write as _atomic_write
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -257,20 +257,6 @@ def _drop_absent_modules_to_save(model: nn.Module, config):
     names = [n for n, _ in model.named_modules() if n]
     keep = [t for t in config.modules_to_save if any(n == t or n.endswith("." + t) for n in names)]
     return config.model_copy(update={"modules_to_save": keep or None})
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _model_name_or_path(model: nn.Module) -> Optional[str]:

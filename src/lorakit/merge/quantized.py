@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..io import load_adapter, read_base_quantization, read_config
-from ..model_io import check_output_dir, save_model_dir
+from ..io.model_dir import save_model_dir
+from ..io.shards import check_output_directory
 from ..quant import dequantize, quantizable_linears, quantized_linear_class
 from ..state import holders, set_adapter
 from ..tuners.layers import LayerWrapper
@@ -89,6 +90,7 @@ def merge_adapter_to_dir(
     base_model: Optional[str] = None,
     base_quantization: Optional[str] = None,
     dtype: Optional[str] = None,
+    overwrite: bool = False,
 ) -> dict:
     """Load the adapter's base, merge the adapter into it and save a full-precision HF model.
 
@@ -104,6 +106,7 @@ def merge_adapter_to_dir(
         that re-quantized model).
     dtype: weight dtype of the merged model ("float32", "bfloat16", "float16"); default: the
         quantized base's compute dtype, else float32.
+    overwrite: replace a non-empty `out_dir` (checked before anything loads).
     Returns a dict of what was done: out_dir, base_model, base_quantization, merged_layers,
     dtype, seconds, and with `requantize` the figures of `requantization_error`.
     """
@@ -127,7 +130,7 @@ def merge_adapter_to_dir(
     if requantize is not None:
         quantized_linear_class(requantize)  # unknown method: fail before loading anything
     options = {k: spec[k] for k in ("double_quant", "blocksize") if k in spec}
-    check_output_dir(out_dir)
+    out_dir = check_output_directory(out_dir, overwrite, [adapter_dir])
 
     model, tokenizer = load_causal_lm(base, dtype, quantization=method, quant_options=options)
     load_adapter(model, adapter_dir)

@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..model_io import checkpoint_files, load_into, save_model_dir
+from ..io.model_dir import save_model_dir
+from ..io.shards import checkpoint_files
 from .int8 import Int8Linear
 
 QUANT_METHOD = "lorakit-int8"
@@ -56,7 +57,7 @@ def load_int8_dir(directory: str | os.PathLike, auto_class, dtype: torch.dtype =
     `kernel` overrides the one the directory names."""
     from transformers import AutoConfig, GenerationConfig
 
-    from .load import parameters_on_meta
+    from .load import load_into, parameters_on_meta
 
     directory = Path(directory)
     spec = saved_quantization(directory)

@@ -71,7 +71,7 @@ def test_bad_input_is_refused_before_loading(chat_lm_dir, tmp_path, capsys):
     foreign.mkdir()
     (foreign / "todo.txt").write_text("keep")
     assert main(["compress", "int8", str(chat_lm_dir), str(foreign)]) == 2
-    assert "refusing to replace it" in capsys.readouterr().err and (foreign / "todo.txt").exists()
+    assert "pass --overwrite to replace it" in capsys.readouterr().err and (foreign / "todo.txt").exists()
 
 
 def test_an_adapter_trained_on_an_int8_dir_loads_back(int8_dir, sft_config):
