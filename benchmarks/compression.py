@@ -7,6 +7,7 @@ CPU and how much of the fine-tune it keeps, starting from the quickstart adapter
 Rows (each a model directory or file under --out, loaded the way a user would):
     fp32            the merged model (`lorakit merge`)
     gguf-q8_0       `lorakit export gguf --type q8_0`, read back by transformers (which dequantizes it)
+    gguf-q8_0-llama.cpp   the same file run by llama.cpp (llama-cpp-python; skipped if not installed)
     onnx            `lorakit export onnx`, run by onnxruntime (own greedy loop with the key/value cache)
     int8-fbgemm     `lorakit compress int8 --kernel fbgemm` (torch.ao's dynamic int8 kernel)
     int8-dequant    the same directory with lorakit's weight-only int8 kernel
@@ -23,6 +24,7 @@ exports (GGUF f32 / q8_0, GGUF LoRA, ONNX) are printed too, and everything goes 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -32,7 +34,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("fp32", "gguf-q8_0", "onnx", "int8-fbgemm", "int8-dequant", "sparse-50", "structured", "student")
+ROWS = ("fp32", "gguf-q8_0", "gguf-q8_0-llama.cpp", "onnx", "int8-fbgemm", "int8-dequant", "sparse-50", "structured",
+        "student")
 EVAL = "bundled:quickstart_eval"
 
 
@@ -106,6 +109,50 @@ class OnnxRow:
         return right / len(encoded)
 
 
+class LlamaCppRow:
+    """The GGUF file under llama.cpp, prompts tokenized by the model's own tokenizer (same ids, tested)."""
+
+    def __init__(self, path: Path, tokenizer, threads: int):
+        import llama_cpp
+
+        from lorakit.data.tokenize import end_of_turn_id
+
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, verbose=False)
+        self.path, self.tokenizer = path, tokenizer
+        self.stop = {t for t in {tokenizer.eos_token_id, end_of_turn_id(tokenizer)} if t is not None}
+
+    def _greedy(self, ids: list[int], new_tokens: int, stop: set) -> list[int]:
+        out = []
+        for token in self.llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            if token in stop or len(out) == new_tokens:
+                break
+            out.append(token)
+        return out
+
+    def decode(self, new_tokens: int) -> float:
+        from lorakit.compress.measure import DECODE_PROMPT
+        from lorakit.data.tokenize import render_ids
+
+        ids = render_ids(self.tokenizer, [{"role": "user", "content": DECODE_PROMPT}], add_generation_prompt=True)
+        start = time.perf_counter()
+        self._greedy(ids, new_tokens, set())
+        return new_tokens / (time.perf_counter() - start)
+
+    def exact_match(self, max_samples: int) -> float:
+        from lorakit.data.formats import load_dataset
+        from lorakit.data.tokenize import encode_prompt
+        from lorakit.train.evaluate import normalize_answer
+        from lorakit.train.prepare import data_path
+
+        rows = load_dataset(data_path(EVAL, "eval")).rows[:max_samples]
+        right = 0
+        for conv in rows:
+            prompt, reference = encode_prompt(self.tokenizer, conv)
+            answer = self.tokenizer.decode(self._greedy(prompt, 24, self.stop), skip_special_tokens=True)
+            right += normalize_answer(answer) == normalize_answer(reference)
+        return right / len(rows)
+
+
 def build(name: str, args, fp32_dir: Path, adapter: Path, figures: dict):
     """Make (if needed) and load the row `name`."""
     from lorakit.compress import compress_int8, prune_to_dir
@@ -118,28 +165,34 @@ def build(name: str, args, fp32_dir: Path, adapter: Path, figures: dict):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = out / "model-q8_0.gguf"
-        figures["gguf_q8_0"] = export_gguf(str(fp32_dir), path, "q8_0")
+        figures["gguf_q8_0"] = export_gguf(str(fp32_dir), path, "q8_0", overwrite=True)
         model = AutoModelForCausalLM.from_pretrained(out, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=path.name)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return TorchRow(model, tokenizer, path)
+    if name == "gguf-q8_0-llama.cpp":
+        path = out / "model-q8_0.gguf"
+        if not path.is_file():
+            figures["gguf_q8_0"] = export_gguf(str(fp32_dir), path, "q8_0", overwrite=True)
+        return LlamaCppRow(path, load_trained(str(fp32_dir)).tokenizer, args.threads)
     if name == "onnx":
-        figures["onnx"] = export_onnx(str(fp32_dir), out / "onnx")
+        figures["onnx"] = export_onnx(str(fp32_dir), out / "onnx", overwrite=True)
         return OnnxRow(out / "onnx", args.threads)
     if name.startswith("int8"):
         if not (out / "int8" / "config.json").is_file():
-            figures["int8"] = compress_int8(str(fp32_dir), out / "int8", kernel="auto")
+            figures["int8"] = compress_int8(str(fp32_dir), out / "int8", kernel="auto", overwrite=True)
         trained = load_trained(str(out / "int8"))
         use_int8_kernel(trained.model, name.split("-")[1])
         return TorchRow(trained.model, trained.tokenizer, out / "int8")
     if name == "sparse-50":
-        figures["sparse-50"] = prune_to_dir(str(fp32_dir), out / "sparse-50", "unstructured", 0.5)
+        figures["sparse-50"] = prune_to_dir(str(fp32_dir), out / "sparse-50", "unstructured", 0.5, overwrite=True)
     elif name == "structured":
         figures["structured"] = prune_to_dir(
             str(fp32_dir), out / "structured", "structured", sparsity=0.5, heads=0.34,
             calibration="bundled:quickstart_train", recover=str(ROOT / "configs" / "quickstart.yaml"),
-            recover_overrides=["eval.generate=false"], eval_data=EVAL, max_samples=args.max_samples)
+            recover_overrides=["eval.generate=false"], eval_data=EVAL, max_samples=args.max_samples,
+            overwrite=True)
     elif name == "student":
         figures["student"] = distill_student(args, adapter)
     trained = load_trained(str(out / name))
@@ -156,7 +209,8 @@ def distill_student(args, adapter: Path) -> dict:
     from lorakit.train.loop import train
 
     init = args.out / "student-init"
-    prune_to_dir(str(args.out / "fp32"), init, "structured", sparsity=0.0, keep_layers=args.student_layers)
+    prune_to_dir(str(args.out / "fp32"), init, "structured", sparsity=0.0, keep_layers=args.student_layers,
+                 overwrite=True)
     config = load_config(RunConfig, str(ROOT / "configs" / "distill.yaml"),
                          [f"model.name={init}", f"distill.teacher={args.out / 'fp32'}",
                           f"output_dir={args.out / 'student-run'}", "eval.generate=false"])
@@ -187,14 +241,17 @@ def main() -> int:
 
     adapter = args.adapter or quickstart_adapter(args.out)
     log(f"adapter: {adapter}")
-    figures: dict = {"gguf_lora": export_gguf_lora(adapter, args.out / "adapter-lora.gguf")}
+    figures: dict = {"gguf_lora": export_gguf_lora(adapter, args.out / "adapter-lora.gguf", overwrite=True)}
     fp32_dir = args.out / "fp32"
     merged = load_merged(str(adapter))
     save_model_dir(merged.model, fp32_dir, merged.tokenizer)
-    figures["gguf_f32"] = export_gguf(str(fp32_dir), args.out / "model-f32.gguf", "f32")
+    figures["gguf_f32"] = export_gguf(str(fp32_dir), args.out / "model-f32.gguf", "f32", overwrite=True)
     log(f"parity: gguf f32 {figures['gguf_f32']}, gguf-lora {figures['gguf_lora']}")
 
     rows = {}
+    if importlib.util.find_spec("llama_cpp") is None and "gguf-q8_0-llama.cpp" in args.rows:
+        log("llama-cpp-python is not installed: no llama.cpp row")
+        args.rows.remove("gguf-q8_0-llama.cpp")
     for name in args.rows:
         log(f"building {name}")
         rows[name] = TorchRow(merged.model, merged.tokenizer, fp32_dir) if name == "fp32" else \
