@@ -20,6 +20,7 @@ names, so `OnnxModel` (export/onnx_runtime.py) and other runtimes need nothing e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -69,10 +70,16 @@ def cache_shape(config) -> tuple[int, int, int]:
 
 def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list[str], dynamic: dict,
             path: Path) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic, input_names=names_in,
-                                    output_names=names_out, verbose=False)
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic, input_names=names_in,
+                                        output_names=names_out, verbose=False)
+    finally:
+        registration.setLevel(level)
     program.save(str(path))
 
 
