@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.shards import check_output_file
-from ..tuners.lora import LoraAdapter, LoraEmbedding, LoraWrapper
+from ..tuners.layers import layer_wrappers
 from .gguf import UnsupportedArchitecture, check_type, llama_layout, rope_permute, write_file
 
 
@@ -43,23 +43,25 @@ def lora_factors(model: nn.Module, layout: dict) -> dict[str, tuple[torch.Tensor
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layout["block_count"])
     tie = getattr(model.config, "tie_word_embeddings", False)
     out = {}
-    for path, wrapper in model.named_modules():
-        if not isinstance(wrapper, LoraWrapper) or wrapper.active is None:
+    for path, wrapper in layer_wrappers(model):
+        if wrapper.active is None:
             continue
-        adapter = wrapper.active
-        if isinstance(wrapper, LoraEmbedding):
+        if wrapper.embedding:
             raise UnsupportedAdapter(f"{path}: LoRA on the token embedding is not exported to GGUF yet")
-        if type(adapter) is not LoraAdapter or adapter.dora is not None:
-            raise UnsupportedAdapter(f"{path}: {type(adapter).__name__}{' (DoRA)' if adapter.dora is not None else ''}"
-                                     ": llama.cpp's LoRA format holds plain LoRA factors only")
+        factors = wrapper.active.low_rank_factors()
+        if factors is None:
+            raise UnsupportedAdapter(f"{path}: {type(wrapper.active).__name__} (or DoRA) is not a plain low-rank "
+                                     "update; llama.cpp's LoRA format holds plain LoRA factors only")
+        lora_a, lora_b, scaling = factors
         if path == "lm_head" and tie:
             raise UnsupportedAdapter("lm_head: the base ties it to the token embedding, which llama.cpp stores "
                                      "once; an adapter on it cannot be applied there")
         name = names.get_name(path)
         if name is None:
             raise UnsupportedArchitecture(f"{path}: no llama.cpp tensor for this module")
-        a = adapter.lora_A.detach().float()
-        b = adapter.lora_B.detach().float() * (adapter.scaling / (layout["alpha"] / adapter.r))
+        rank = lora_a.shape[0]
+        a = lora_a.detach().float()
+        b = lora_b.detach().float() * (scaling / (layout["alpha"] / rank))
         if ".attn_q" in name:
             b = rope_permute(b, layout["head_count"])
         elif ".attn_k" in name:
@@ -109,8 +111,8 @@ def check_gguf_lora(model: nn.Module, path: str | os.PathLike) -> dict:
     tensors = {t.name: t for t in reader.tensors}
     worst_abs = worst_rel = 0.0
     pairs = 0
-    for path_name, wrapper in model.named_modules():
-        if not isinstance(wrapper, LoraWrapper) or wrapper.active is None:
+    for path_name, wrapper in layer_wrappers(model):
+        if wrapper.active is None:
             continue
         base = f"{names.get_name(path_name)}.weight"
         a_t, b_t = tensors.pop(base + ".lora_a"), tensors.pop(base + ".lora_b")
@@ -144,6 +146,7 @@ def _read(tensor) -> np.ndarray:
 def export_gguf_lora(adapter_dir: str | os.PathLike, out: str | os.PathLike, base: Optional[str] = None,
                      gguf_type: str = "f32", check: bool = True, overwrite: bool = False) -> dict:
     """Write the LoRA adapter in `adapter_dir` as a llama.cpp LoRA GGUF; with `check`, the parity figures."""
+    from ..config import LoraConfig
     from ..inference import load_trained
     from ..io import CONFIG_NAME, read_config
 
@@ -153,7 +156,7 @@ def export_gguf_lora(adapter_dir: str | os.PathLike, out: str | os.PathLike, bas
         raise UnsupportedAdapter(f"{adapter_dir}: not an adapter directory (no {CONFIG_NAME})")
     check_output_file(out, overwrite)
     config = read_config(adapter_dir)
-    if config.PEFT_TYPE != "LORA" or getattr(config, "use_dora", False):
+    if not isinstance(config, LoraConfig) or config.use_dora:
         raise UnsupportedAdapter(f"{adapter_dir}: peft_type {config.PEFT_TYPE}"
                                  f"{' with DoRA' if getattr(config, 'use_dora', False) else ''}: llama.cpp's LoRA "
                                  "format holds plain LoRA factors only (merge it and use `lorakit export gguf`)")
