@@ -47,9 +47,9 @@ def cmd_prune(args) -> int:
               flush=True)
 
     prune_to_dir(args.source, args.output, method=args.method, sparsity=args.sparsity, heads=args.heads,
-                          keep_layers=args.keep_layers if args.layers is None else args.layers, steps=args.steps, recover=args.recover, recover_overrides=args.set,
-                          calibration=args.calibration, eval_data=args.eval, max_samples=args.max_samples,
-                          base=args.base, on_step=show, overwrite=args.overwrite)
+                 keep_layers=args.keep_layers if args.layers is None else args.layers, steps=args.steps,
+                 recover=args.recover, recover_overrides=args.set, calibration=args.calibration, eval_data=args.eval,
+                 max_samples=args.max_samples, base=args.base, on_step=show, overwrite=args.overwrite)
     print(f"pruned model written to {args.output} (per-step report: {args.output}/prune_report.json)")
     return 0
 

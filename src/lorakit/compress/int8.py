@@ -26,17 +26,18 @@ from ..io.shards import check_output_directory
 from ..quant import quantize
 from ..quant.int8 import Int8Linear
 from ..quant.saved import save_int8_dir, use_int8_kernel
+from ..train.config import Task
 from .measure import decode_tokens_per_second, dir_bytes, forward_seconds, quality
 
 KERNELS = ("auto",) + Int8Linear.KERNELS
 
 
-def kernel_speeds(model: nn.Module, tokenizer, task: str) -> dict[str, float]:
+def kernel_speeds(model: nn.Module, tokenizer, task: Task) -> dict[str, float]:
     """Speed of each int8 kernel on `model` (already int8): tokens/s (causal LM) or forwards/s."""
     speeds = {}
     for kernel in Int8Linear.KERNELS:
         use_int8_kernel(model, kernel)
-        if task == "sft":
+        if task is Task.SFT:
             speeds[kernel] = decode_tokens_per_second(model, tokenizer, new_tokens=16, repeats=3)
         else:
             batch = tokenizer(["Where is my refund for order 1234?"] * 8, return_tensors="pt", padding=True)

@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import InputError
 from ..io.model_dir import save_model_dir
 from ..io.shards import check_output_directory
+from ..train.config import Task
 from .measure import quality
 from .prune import apply_masks, prune_unstructured, sparsity_report, zero_masks
 from .structured import calibration_batches, evenly_spaced_layers, linear_parameters, prune_structured
@@ -61,7 +62,7 @@ def _recover(model: nn.Module, tokenizer, recover: str, overrides: Sequence[str]
     pruned_dir = save_model_dir(model, workdir / "pruned", tokenizer)
     config = load_config(RunConfig, recover, [*overrides, f"model.name={pruned_dir}",
                                               f"output_dir={workdir / 'recover'}"])
-    if config.method == "full" or config.task != "sft":
+    if config.spec is None or config.task is not Task.SFT:
         raise InputError(f"{recover}: recovery fine-tunes a LoRA-family adapter on a causal LM (task sft)")
     result = train(config, quiet=True)
     return load_merged(str(result.adapter_dir)).model
@@ -99,7 +100,7 @@ def prune_to_dir(source: str, out: str | os.PathLike, method: str = "unstructure
     out = check_output_directory(out, overwrite, [Path(source).expanduser()])
     start = time.perf_counter()
     trained = load_merged(source, base)
-    if trained.task != "sft" and (method == "structured" or recover):
+    if trained.task is not Task.SFT and (method == "structured" or recover):
         raise InputError(f"{source}: structured pruning and LoRA recovery need a causal LM (task sft)")
     model, tokenizer = trained.model, trained.tokenizer
     if isinstance(keep_layers, int):

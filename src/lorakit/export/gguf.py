@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.shards import atomic_write, check_output_file
+from ..train.config import Task
 from .gguf_vocab import gguf_vocab, write_vocab
 from .probe import PROBE_TEXTS, probe_ids
 
@@ -210,7 +211,7 @@ def export_gguf(source: str, out: str | os.PathLike, gguf_type: str = "f32", bas
     start = time.perf_counter()
     check_output_file(out, overwrite)
     merged = load_merged(source, base)
-    if merged.task != "sft":
+    if merged.task is not Task.SFT:
         raise UnsupportedArchitecture(f"{source}: a {merged.task} model; GGUF export writes causal LMs only")
     path = write_gguf(merged.model, merged.tokenizer, out, gguf_type, name=Path(str(source)).name)
     stats = {"out": str(path), "type": gguf_type, "bytes": path.stat().st_size}

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.shards import check_output_file
+from ..train.config import Task
 from ..tuners.layers import layer_wrappers
 from .gguf import UnsupportedArchitecture, check_type, llama_layout, rope_permute, write_file
 
@@ -164,7 +165,7 @@ def export_gguf_lora(adapter_dir: str | os.PathLike, out: str | os.PathLike, bas
         raise UnsupportedAdapter(f"{adapter_dir}: modules_to_save {config.modules_to_save} are full trained copies; "
                                  "llama.cpp's LoRA format cannot hold them (merge and use `lorakit export gguf`)")
     trained = load_trained(adapter_dir, base)
-    if trained.task != "sft":
+    if trained.task is not Task.SFT:
         raise UnsupportedArchitecture(f"{adapter_dir}: a {trained.task} adapter; llama.cpp LoRA needs a causal LM")
     path = write_gguf_lora(trained.model, config.lora_alpha, out, gguf_type, name=adapter_dir.name)
     stats = {"out": str(path), "type": gguf_type, "bytes": path.stat().st_size}

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.shards import check_output_directory, staged_directory
+from ..train.config import Task
 from .onnx_runtime import MANIFEST, OnnxModel, OnnxParity, check_onnx
 
 ONNX_FILE = "model.onnx"
@@ -83,14 +84,14 @@ def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list
     program.save(str(path))
 
 
-def write_onnx(model: nn.Module, tokenizer, out_dir: str | os.PathLike, task: str) -> Path:
-    """Export `model` (a plain causal LM for task "sft", a sequence classifier for "classification") into
+def write_onnx(model: nn.Module, tokenizer, out_dir: str | os.PathLike, task: Task) -> Path:
+    """Export `model` (a plain causal LM for Task.SFT, a sequence classifier for Task.CLASSIFICATION) into
     `out_dir` (replaced whole) with its tokenizer, config and `onnx_export.json`."""
     from torch.export import Dim
 
     model = model.eval()
     with staged_directory(out_dir) as tmp:
-        if task == "sft":
+        if task is Task.SFT:
             layers, kv_heads, head_dim = cache_shape(model.config)
             batch, seq, past_len = Dim("batch"), Dim("sequence"), Dim("past_sequence")
             past_names = [f"past.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
@@ -105,7 +106,7 @@ def write_onnx(model: nn.Module, tokenizer, out_dir: str | os.PathLike, task: st
                        "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past_len} for _ in past_names)}
             _export(_CausalWithCache(model, layers), args, names_in, names_out, dynamic, tmp / ONNX_FILE)
             manifest = {"task": "causal-lm", "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim}
-        elif task == "classification":
+        elif task is Task.CLASSIFICATION:
             names_in = ["input_ids", "attention_mask"]
             if "token_type_ids" in tokenizer.model_input_names:
                 names_in.append("token_type_ids")
@@ -120,7 +121,7 @@ def write_onnx(model: nn.Module, tokenizer, out_dir: str | os.PathLike, task: st
             raise InputError(f"ONNX export: task {task!r} is not supported")
         manifest.update({"inputs": names_in, "outputs": names_out, "torch": torch.__version__})
         model.config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None and task == "sft":
+        if getattr(model, "generation_config", None) is not None and task is Task.SFT:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
