@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import save_tiny_lm, tiny_bert, tiny_gpt2, tiny_llama
+from helpers import chat_llama, make_adapter, save_tiny_lm, tiny_bert, tiny_gpt2, tiny_llama, train_bpe
 from lorakit.config import load_config
 from lorakit.data.bundled import path as bundled_path
 from lorakit.train.config import RunConfig
@@ -166,3 +166,25 @@ def classify_config(tmp_path, tiny_encoder_dir, classify_files):
         return load_config(RunConfig, None, list(overrides), base=fresh)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A 400-token byte-level BPE tokenizer with SmolLM2's special tokens and a ChatML template."""
+    return train_bpe()
+
+
+@pytest.fixture(scope="session")
+def chat_lm_dir(tmp_path_factory, bpe_tokenizer):
+    """A 2-layer, hidden-64 Llama (4 heads, 2 key/value heads, tied head) saved with the BPE tokenizer."""
+    directory = tmp_path_factory.mktemp("chat-llama")
+    chat_llama(bpe_tokenizer).save_pretrained(directory)
+    bpe_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def chat_adapter_dir(tmp_path_factory, chat_lm_dir):
+    """LoRA r=4 with random B on every linear of the decoder layers of `chat_lm_dir`."""
+    return make_adapter(chat_lm_dir, tmp_path_factory.mktemp("adapter") / "adapter",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

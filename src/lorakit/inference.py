@@ -45,6 +45,20 @@ def load_trained(path: str | Path, base: Optional[str] = None, allow_pickle: boo
     return _load_model(str(path))
 
 
+def load_merged(path: str | Path, base: Optional[str] = None) -> Trained:
+    """Like `load_trained`, but always a plain full-precision model: an adapter is merged into its
+    base (a QLoRA adapter into the dequantized base), quantized linears are dequantized. What
+    export and compression start from."""
+    from .merge import merge_dequantized
+    from .quant import dequantize
+
+    trained = load_trained(path, base)
+    if trained.adapter_dir is not None:
+        trained.model, _ = merge_dequantized(trained.model)
+    dequantize(trained.model)
+    return trained
+
+
 def _load_adapter_dir(path: Path, base: Optional[str], allow_pickle: bool = False) -> Trained:
     """Every file of the adapter is read and checked first; then the base loads and the adapter is attached."""
     config = read_config(path)
@@ -77,7 +91,8 @@ def _load_model(name: str) -> Trained:
     location = resolve(name)  # a clear error for a hub id or a missing path
     config = AutoConfig.from_pretrained(location) if location.is_dir() else None
     if any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
-        model, tokenizer = load_classifier(name, None)
+        saved = [config.id2label[i] for i in range(len(config.id2label))]  # the saved head's labels, in order
+        model, tokenizer = load_classifier(name, saved)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         return Trained(model.eval(), tokenizer, Task.CLASSIFICATION, name, labels)
     model, tokenizer = load_causal_lm(name)

@@ -232,39 +232,22 @@ def gguf_to_cache(gguf: Path) -> Path:
     check_gguf(gguf)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .io.model_dir import save_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        _save_plain(model, tmp)
-        tokenizer.save_pretrained(tmp)
+        save_model_dir(model, staging / "model", tokenizer)
         try:
-            os.replace(tmp, target)
+            os.replace(staging / "model", target)
         except OSError:
             if not (target / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp)  # another process (a torchrun rank) converted it meanwhile
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                raise  # another process (a torchrun rank) converted it meanwhile: use theirs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _save_plain(model, directory: Path) -> None:
-    """save_pretrained refuses models loaded from GGUF; write config + safetensors directly."""
-    from safetensors.torch import save_file
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.save_pretrained(directory)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(directory)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_tokenizer(name: str, **kwargs):
@@ -289,9 +272,15 @@ def load_causal_lm(name: str = DEFAULT_CAUSAL_LM, dtype: str = "float32", quanti
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .quant.saved import load_int8_dir, saved_quantization
+
     path = local_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if quantization is None:
+    if saved_quantization(path) is not None:  # a `lorakit compress int8` directory: stored quantized
+        if quantization not in (None, "int8"):  # "int8": e.g. an adapter trained on this directory
+            raise InputError(f"{name}: stored as int8; it cannot be loaded with quantization={quantization!r}")
+        model = load_int8_dir(path, AutoModelForCausalLM, DTYPES[dtype])
+    elif quantization is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     else:
         model = _load_quantized_causal_lm(path, DTYPES[dtype], quantization, dict(quant_options or {}))
@@ -331,13 +320,18 @@ def load_classifier(name: str = DEFAULT_ENCODER, labels: Optional[list] = None, 
     """(model, tokenizer) for sequence classification with a fresh head over `labels`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .quant.saved import load_int8_dir, saved_quantization
+
     path = local_dir(name)
     labels = list(labels or [0, 1])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(labels), id2label={i: str(l) for i, l in enumerate(labels)},
-        label2id={str(l): i for i, l in enumerate(labels)}, dtype=DTYPES[dtype],
-    )
+    if saved_quantization(path) is not None:  # a compressed classifier keeps its own head and labels
+        model = load_int8_dir(path, AutoModelForSequenceClassification, DTYPES[dtype])
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label={i: str(l) for i, l in enumerate(labels)},
+            label2id={str(l): i for i, l in enumerate(labels)}, dtype=DTYPES[dtype],
+        )
     model.name_or_path = name
     _ensure_pad(tokenizer, model)
     return model, tokenizer

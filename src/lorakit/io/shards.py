@@ -10,7 +10,8 @@ and LoRA extraction (`merge/`), export.
   each header first and then every tensor straight to its offset when it is produced: memory holds
   one tensor, not a shard. The index (`model.safetensors.index.json`) follows transformers' layout.
 - `staged_directory` writes a whole output directory beside its target and renames it into place
-  at the end, so a failure or Ctrl-C never leaves half a model where the user asked for one.
+  at the end, so a failure or Ctrl-C never leaves half a model where the user asked for one;
+  `atomic_write` does the same for one file (adapter files, GGUF exports).
 """
 from __future__ import annotations
 
@@ -68,14 +69,14 @@ release_free_memory = _malloc_trim()
 """Hand freed heap memory back to the OS (after each tensor of a stream)."""
 
 
-def checkpoint_files(directory: str | Path) -> list[Path]:
-    """The safetensors files of a HF model directory (one file or an index of shards); [] if none."""
+def checkpoint_files(directory: str | Path, name: str = SAFETENSORS_FILE) -> list[Path]:
+    """The safetensors files of a HF model directory (one file `name` or an index of its shards); [] if none."""
     directory = Path(directory)
-    index = directory / SAFETENSORS_INDEX
+    index = directory / _index_name(name)
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [directory / s for s in shards]
-    single = directory / SAFETENSORS_FILE
+    single = directory / name
     return [single] if single.is_file() else []
 
 
@@ -114,6 +115,10 @@ def check_safetensors(path: str | os.PathLike, error: type[InputError] = InputEr
         raise error(f"{path}: truncated: its tensors need {8 + n + end} bytes, the file has {size}")
     return tensors
 
+
+def _index_name(name: str) -> str:
+    """`model.safetensors` → `model.safetensors.index.json` (transformers' naming)."""
+    return f"{name}.index.json"
 
 
 class SafetensorsReader:
@@ -190,13 +195,14 @@ class ShardWriter:
         writer.close()                                 # checks every tensor came; writes the index
 
     Tensors fill shards in the order given (a tensor larger than the limit gets a shard of its
-    own). One shard is written as `model.safetensors`, several as `model-0000k-of-0000n.safetensors`
-    plus `model.safetensors.index.json`.
+    own). One shard is written as `model.safetensors` (`name`), several as
+    `model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`.
     """
 
     def __init__(self, directory: str | Path, layout: list[tuple[str, tuple[int, ...], torch.dtype]],
-                 max_shard_bytes: int = 2 * 1024 ** 3, metadata: dict[str, str] | None = None):
-        self.directory = Path(directory)
+                 max_shard_bytes: int = 2 * 1024 ** 3, metadata: dict[str, str] | None = None,
+                 name: str = SAFETENSORS_FILE):
+        self.directory, self.name = Path(directory), name
         groups: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
         size = 0
         for name, shape, dtype in layout:
@@ -208,8 +214,9 @@ class ShardWriter:
             size += n
         self.total_size = sum(_nbytes(s, d) for _, s, d in layout)
         count = len(groups)
-        names = [SAFETENSORS_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors"
-                                                        for i in range(count)]
+        stem = self.name.removesuffix(".safetensors")
+        names = [self.name] if count == 1 else [f"{stem}-{i + 1:05d}-of-{count:05d}.safetensors"
+                                                for i in range(count)]
         self.slots: dict[str, tuple[Path, int, int, tuple[int, ...], torch.dtype]] = {}
         self.weight_map: dict[str, str] = {}
         for file_name, group in zip(names, groups):
@@ -255,8 +262,8 @@ class ShardWriter:
                 os.fsync(f.fileno())
         if len(files) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
-            (self.directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
-            files.append(self.directory / SAFETENSORS_INDEX)
+            (self.directory / _index_name(self.name)).write_text(json.dumps(index, indent=2))
+            files.append(self.directory / _index_name(self.name))
         return files
 
 
@@ -288,3 +295,33 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_file(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an output file path that is a directory, sits under a file, or exists (unless `overwrite`)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: is a directory; expected a file path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputExistsError(f"{path}: {parent} is not a directory")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: file exists (pass --overwrite to replace it)")
+    return path
+
+
+def atomic_write(target: str | Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `target`, fsync it, rename it onto `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..io import WEIGHTS_NAME, attach_adapter, read_base_quantization, read_config, read_weights
-from ..io.shards import check_output_directory, staged_directory
+from ..io.model_dir import save_model_dir
+from ..io.shards import check_output_directory
 from ..quant import dequantize, quantizable_linears, quantized_linear_class
 from ..state import holders, set_adapter
 from ..tuners.layers import LayerWrapper
@@ -110,7 +111,7 @@ def merge_adapter_to_dir(
         that re-quantized model).
     dtype: weight dtype of the merged model ("float32", "bfloat16", "float16"); default: the
         quantized base's compute dtype, else float32.
-    overwrite: replace the contents of a non-empty `out_dir`.
+    overwrite: replace a non-empty `out_dir` (checked before anything loads).
     allow_pickle: read a legacy `adapter_model.bin` (see `lorakit.io.read_weights`).
     Returns a dict of what was done: out_dir, base_model, base_quantization, merged_layers,
     dtype, seconds, and with `requantize` the figures of `requantization_error`.
@@ -147,9 +148,7 @@ def merge_adapter_to_dir(
         targets = [n for n in quantizable_linears(model) if n in deltas]
         stats["requantize"] = requantize
         stats.update(requantization_error(model, requantize, targets, deltas, **options))
-    with staged_directory(out_dir) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    save_model_dir(model, out_dir, tokenizer)
     stats["seconds"] = time.perf_counter() - start
     return stats
 

@@ -24,7 +24,8 @@ from torch import nn
 from ..io.shards import CheckpointMismatch, SafetensorsReader, checkpoint_files, release_free_memory
 from . import quantizable_linears, quantized_linear_class
 
-__all__ = ["CheckpointMismatch", "SafetensorsReader", "checkpoint_files", "load_quantized", "parameters_on_meta"]
+__all__ = ["CheckpointMismatch", "SafetensorsReader", "checkpoint_files", "load_quantized", "load_into",
+           "parameters_on_meta"]
 
 
 @contextmanager
@@ -64,12 +65,7 @@ def load_quantized(
     output head). Raises `CheckpointMismatch` before reading any tensor if names or shapes differ.
     """
     cls = quantized_linear_class(method)
-    readers = [SafetensorsReader(f) for f in files]
-    where = {key: r for r in readers for key in r.keys()}
-    expected = model.state_dict(keep_vars=True)
-    aliases = _aliases(expected)
-    _check(expected, aliases, where)
-
+    where = _read_checked(model, files)
     targets = quantizable_linears(model, skip)
     for name, linear in targets.items():
         dtype = linear.weight.dtype
@@ -80,8 +76,32 @@ def load_quantized(
         setattr(model.get_submodule(parent) if parent else model, child, quantized)
         del weight, bias
         release_free_memory()
+    _fill_remaining(model, where, done={f"{name}.{p}" for name in targets for p in ("weight", "bias")})
+    return list(targets)
 
-    done = {f"{name}.{p}" for name in targets for p in ("weight", "bias")}
+
+def load_into(model: nn.Module, files: Iterable[str | Path]) -> None:
+    """Fill `model` (parameters on meta) from safetensors `files` holding exactly its state dict, e.g.
+    a model whose linears were already swapped for the quantized layout the files store (int8 dirs).
+    Integer tensors (codes) keep their stored dtype; checks and tying as in `load_quantized`."""
+    _fill_remaining(model, _read_checked(model, files))
+
+
+def _read_checked(model: nn.Module, files: Iterable[str | Path]) -> dict[str, SafetensorsReader]:
+    """key → reader of the file holding it, after checking keys and shapes (nothing read yet)."""
+    readers = [SafetensorsReader(f) for f in files]
+    where = {key: r for r in readers for key in r.keys()}
+    expected = model.state_dict(keep_vars=True)
+    _check(expected, _aliases(expected), where)
+    return where
+
+
+def _fill_remaining(model: nn.Module, where: dict[str, SafetensorsReader], done: Iterable[str] = ()) -> None:
+    """Read every state-dict tensor found in `where` (but `done`) into place, cast to the dtype of the
+    tensor it replaces (floating ones only), tied tensors once; raises if anything stays on meta."""
+    expected = model.state_dict(keep_vars=True)
+    aliases = _aliases(expected)
+    done = set(done)
     for key, current in expected.items():
         if key in done or key not in where:
             continue
@@ -95,9 +115,6 @@ def load_quantized(
     left = [n for n, t in model.state_dict(keep_vars=True).items() if t.device.type == "meta"]
     if left:
         raise CheckpointMismatch(f"not loaded from the checkpoint ({len(left)}): {', '.join(left[:5])}")
-    return list(targets)
-
-
 
 
 def _aliases(state: dict[str, torch.Tensor]) -> dict[str, list[str]]:

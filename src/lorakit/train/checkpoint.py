@@ -6,6 +6,7 @@
         optimizer.pt              optimizer + scheduler state and the torch RNG (tensors and numbers only)
         trainer_state.json        step, data position, eval history, Python RNG
         config.yaml               the resolved run config
+        aux.safetensors           what the loss trains besides the model, if anything (distillation's projections)
 Resuming reads `optimizer.pt` with `torch.load(weights_only=True)`: no arbitrary unpickling.
 
 A SIGKILL at any moment leaves every `step-*` directory complete: a checkpoint is built under

@@ -86,6 +86,25 @@ class Task(str, enum.Enum):
 
     SFT = "sft"  # instruction / chat SFT of a causal LM
     CLASSIFICATION = "classification"  # sequence classification (a head on an encoder or decoder)
+    DISTILL = "distill"  # a causal LM learning a teacher's predictions on chat / text data (train/distill.py)
+
+
+SELF_TEACHER = "self"
+"""`distill.teacher: self`: the student's own model with its adapter disabled."""
+
+
+class DistillSection(_Section):
+    teacher: Optional[str] = Field(
+        None, description="task distill: the teacher: a model dir or embedded default, an adapter dir (its base "
+                          "with the adapter merged; an earlier checkpoint's adapter: self-distillation), or self "
+                          "(this model with its adapter disabled). Same vocabulary as the student.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the logit KD term (scaled by T²).")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KD term; 1 - alpha weights the SFT loss.")
+    hidden_weight: float = Field(0.0, ge=0, description="Weight of the hidden-state (feature) loss; 0: off.")
+    hidden_layers: list[tuple[int, int]] = Field(
+        [(-1, -1)], min_length=1, description="(student, teacher) hidden-state indices the feature loss matches "
+                                               "through a learned projection (transformers' hidden_states: 0 = "
+                                               "embeddings, -1 = last).")
 
 
 FULL = "full"
@@ -103,6 +122,15 @@ class _RunChecks(_Section):
             raise ValueError(f"task 'classification' needs classification data, not format {self.data.format!r}")
         if self.spec is not None and self.spec.check_run is not None:
             self.spec.check_run(self.adapter, self)
+        if self.task is Task.DISTILL:
+            if self.distill.teacher is None:
+                raise ValueError("distill.teacher: required for task distill (a model dir, an adapter dir or self)")
+            if self.distill.teacher == SELF_TEACHER and self.spec is None:
+                raise ValueError("distill.teacher: self is the model with its adapter disabled; method full "
+                                 "trains no adapter (name a teacher model instead)")
+        elif self.distill != DistillSection():
+            raise ValueError(f"`distill:` settings are given but task is {self.task.value!r}; set task: distill "
+                             "or remove them")
         if self.train.distributed == "fsdp" and self.model.quantization:
             raise ValueError("train.distributed: fsdp: a quantized base lives in buffers, which FSDP does not shard; "
                              "use train.distributed: ddp (or auto)")
@@ -137,7 +165,8 @@ def _method_help() -> str:
 
 RunConfig = create_model(
     "RunConfig", __base__=_RunChecks, __module__=__name__,
-    task=(Task, Field(Task.SFT, strict=False, description="Instruction SFT or sequence classification.")),
+    task=(Task, Field(Task.SFT, strict=False, description="Instruction SFT, sequence classification, or "
+                                                          "distillation from a teacher (distill: section).")),
     method=(Literal[(*METHODS, FULL)], Field(DEFAULT_METHOD, description=_method_help())),
     model=(ModelSection, Field(default_factory=ModelSection)),
     **{name: (m.config, Field(default_factory=m.config, description=f"Used with method: {name} "
@@ -146,9 +175,10 @@ RunConfig = create_model(
     data=(DataSection, ...),
     train=(TrainSection, Field(default_factory=TrainSection)),
     eval=(EvalSection, Field(default_factory=EvalSection)),
+    distill=(DistillSection, Field(default_factory=DistillSection, description="Used with task: distill.")),
     output_dir=(str, Field("runs/latest", min_length=1, description="Where adapters, checkpoints and logs go.")),
 )
-RunConfig.__doc__ = """A whole run: task, method, model, the method's section, data, train, eval, output_dir.
+RunConfig.__doc__ = """A whole run: task, method, model, the method's section, data, train, eval, distill, output_dir.
 
 Built from the method registry: every `lorakit.methods.METHODS` entry adds its `method:` value and
 its config section."""

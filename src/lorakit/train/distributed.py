@@ -223,8 +223,8 @@ class Replica:
         if strategy is None:
             self.module, self._loss = model, loss_sum
             return
-        model.to(ctx.device)
-        inner = _LossModule(model, loss_sum)
+        inner = _LossModule(model, loss_sum)  # a loss that is a module (distillation's) trains and syncs with it
+        inner.to(ctx.device)
         if strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 

@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..files import atomic_write_text, check_output_dir
@@ -34,6 +35,10 @@ from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
 from .prepare import Prepared, prepare
 from .schedule import build_scheduler
+
+
+AUX_NAME = "aux.safetensors"
+"""In checkpoints: the state of `Prepared.aux` (what the loss trains besides the model)."""
 
 
 class TrainingError(RuntimeError):
@@ -103,6 +108,13 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay, loraplus_lr_ratio=tc.loraplus_lr_ratio)
+    aux = [p for p in run.aux.parameters() if p.requires_grad] if run.aux is not None else []
+    if aux:  # trained with the model, checkpointed beside it, never shipped
+        if replica.strategy == "fsdp":
+            raise distributed.DistributedSetupError("distill.hidden_weight: the feature projections are kept whole, "
+                                                    "not sharded; use train.distributed: ddp")
+        optimizer.add_param_group({"params": aux, "lr": tc.lr, "weight_decay": 0.0})
+        params += aux
     scheduler = build_scheduler(optimizer, total, tc.warmup_steps, tc.schedule)
 
     result = TrainResult(out, total)
@@ -118,6 +130,8 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         run.train_batches.load_state_dict(state["batches"])
         start = state["step"]
         hooks.load(model, found)
+        if run.aux is not None and (found / AUX_NAME).is_file():
+            run.aux.load_state_dict(load_file(str(found / AUX_NAME)))
     if main:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     log = MetricsLog(out, resume=resume, until_step=start) if main else None
@@ -281,6 +295,9 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: T
     atomic_write_text(directory / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     if checkpointing:
         hooks.save(run.model, directory)
+        if run.aux is not None and len(run.aux.state_dict()):
+            save_file({k: t.detach().cpu().contiguous() for k, t in run.aux.state_dict().items()},
+                      str(directory / AUX_NAME))
     if config.spec is None:
         target = directory / "model"
         run.model.save_pretrained(target)

@@ -25,7 +25,7 @@ def causal_lm_loss_sum(model: nn.Module, batch: dict) -> torch.Tensor:
     """Σ cross-entropy over target tokens of `batch` (labels aligned with input_ids, shifted here)."""
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     labels = batch["labels"][:, 1:]
-    body, head = _body_and_head(model)
+    body, head = body_and_head(model)
     if body is None:  # a model whose logits need more than the head (e.g. soft-capping): plain path
         logits = model(**inputs, use_cache=False).logits[:, :-1]
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -41,7 +41,9 @@ def classification_loss_sum(model: nn.Module, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
 
-def _body_and_head(model: nn.Module):
+def body_and_head(model: nn.Module):
+    """(decoder body, output head) of a causal LM whose logits are head(body(...).last_hidden_state);
+    (None, None) for one whose logits need more (soft-capping, logit scale) or that has no such split."""
     config = getattr(model, "config", None)
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return None, None

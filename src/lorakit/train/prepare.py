@@ -22,11 +22,13 @@ from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
 from ..models import load_causal_lm, load_classifier
 from .config import RunConfig, Task
+from .distill import build_distiller, check_teacher
 from .losses import causal_lm_loss_sum, classification_loss_sum
 
 LOSSES: dict[Task, Callable] = {Task.SFT: causal_lm_loss_sum, Task.CLASSIFICATION: classification_loss_sum}
-DATA_KINDS = {Task.SFT: ("chat", "text"), Task.CLASSIFICATION: ("classification",)}
-PEFT_TASK_TYPES = {Task.SFT: "CAUSAL_LM", Task.CLASSIFICATION: "SEQ_CLS"}
+"""The loss of each task; distillation's is built per run (`distill.build_distiller`: it holds the teacher)."""
+DATA_KINDS = {Task.SFT: ("chat", "text"), Task.CLASSIFICATION: ("classification",), Task.DISTILL: ("chat", "text")}
+PEFT_TASK_TYPES = {Task.SFT: "CAUSAL_LM", Task.CLASSIFICATION: "SEQ_CLS", Task.DISTILL: "CAUSAL_LM"}
 HEAD_NAMES = ("classifier", "score")
 
 
@@ -47,6 +49,7 @@ class Prepared:
     loss_sum: Callable = causal_lm_loss_sum
     stats: dict = field(default_factory=dict)
     labels: Optional[list] = None
+    aux: Optional[nn.Module] = None  # what the loss trains besides the model (distillation's projections)
 
 
 def data_path(value: str, key: str) -> Path:
@@ -108,7 +111,7 @@ def load_model(config: RunConfig, labels: Optional[list] = None):
     a classifier (small encoders, with a freshly initialised head) is quantized after loading.
     """
     quantization = config.model.quantization
-    if config.task is Task.SFT:
+    if config.task is not Task.CLASSIFICATION:
         return load_causal_lm(config.model.name, config.model.dtype, quantization=quantization)
     model, tokenizer = load_classifier(config.model.name, labels, config.model.dtype)
     if quantization:
@@ -166,16 +169,21 @@ def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
 def batches(config: RunConfig, examples: list, pad_id: int, seed: int, for_eval: bool = False) -> BatchLoader:
     """Token-budget batches: packed rows or length-grouped padded rows (classification: grouped)."""
     budget = max(config.data.max_tokens, max(len(e) for e in examples))
-    if config.data.batching == "packed" and config.task is Task.SFT and not for_eval:
+    if config.data.batching == "packed" and config.task is not Task.CLASSIFICATION and not for_eval:
         return packed_batches(examples, max(config.data.max_length, max(len(e) for e in examples)), budget, pad_id, seed)
     return grouped_batches(examples, budget, pad_id, seed)
 
 
 def prepare(config: RunConfig, data: Optional[Data] = None) -> Prepared:
     data = data or load_data(config)
+    if config.task is Task.DISTILL:
+        check_teacher(config.distill.teacher)  # a wrong path fails before any model loads
     torch.manual_seed(config.train.seed)
     model, tokenizer = load_model(config, data.labels)
     attach_method(model, config)
+    loss_sum, aux = LOSSES.get(config.task), None
+    if config.task is Task.DISTILL:
+        loss_sum = aux = build_distiller(config.distill, model, tokenizer)
     train, evals, stats = encode(config, tokenizer, data)
     pad = tokenizer.pad_token_id
     conversations = [r for r in data.eval.rows][: config.eval.max_samples] if data.eval and data.eval.kind == "chat" else []
@@ -183,6 +191,6 @@ def prepare(config: RunConfig, data: Optional[Data] = None) -> Prepared:
         model=model, tokenizer=tokenizer,
         train_batches=batches(config, train, pad, config.train.seed),
         eval_batches=batches(config, evals[: config.eval.max_samples], pad, 0, for_eval=True) if evals else None,
-        eval_conversations=conversations, loss_sum=LOSSES[config.task], stats=stats, labels=data.labels,
+        eval_conversations=conversations, loss_sum=loss_sum, stats=stats, labels=data.labels, aux=aux,
     )
 
