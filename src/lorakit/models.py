@@ -107,8 +107,12 @@ def check_model_dir(path: Path, tokenizer: bool = True) -> None:
         raise ModelFormatError(f"{config_file}: no model_type (not a transformers model config)")
     if model_type not in CONFIG_MAPPING:
         raise ModelFormatError(f"{config_file}: model_type {model_type!r} is not a model type transformers knows")
+    from .quant.saved import QUANT_METHOD, WEIGHTS_NAME as INT8_WEIGHTS
+
     missing = []
-    index = path / "model.safetensors.index.json"
+    quant = config.get("quantization_config")
+    weights = INT8_WEIGHTS if isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD else "model.safetensors"
+    index = path / f"{weights}.index.json"
     if index.exists():
         weight_map = read_json(index, ModelFormatError, expect=dict).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -117,10 +121,10 @@ def check_model_dir(path: Path, tokenizer: bool = True) -> None:
             if not (path / shard).is_file():
                 raise ModelFormatError(f"{index}: shard {shard} is missing")
             check_safetensors(path / shard, ModelFormatError)
-    elif (path / "model.safetensors").exists():
-        check_safetensors(path / "model.safetensors", ModelFormatError)
+    elif (path / weights).exists():
+        check_safetensors(path / weights, ModelFormatError)
     elif not any((path / f).is_file() for f in PICKLE_WEIGHTS):
-        missing.append("no weights (model.safetensors, or shards listed in model.safetensors.index.json)")
+        missing.append(f"no weights ({weights}, or shards listed in {weights}.index.json)")
     if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         missing.append(f"no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
     if missing:

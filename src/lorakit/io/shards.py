@@ -271,7 +271,7 @@ def check_output_directory(path: str | Path, overwrite: bool, inputs: Iterable[P
     """Refuse an output path that is a file, holds files (unless `overwrite`), or is one of `inputs`
     (`lorakit.files.check_output_dir`, raising OutputExistsError)."""
     return check_output_dir(path, "output directory", must_be_empty=not overwrite, inputs=inputs,
-                            hint="pass --overwrite (Python: overwrite=True) to replace it", error=OutputExistsError)
+                            hint="pass --overwrite to replace it; Python: overwrite=True", error=OutputExistsError)
 
 
 @contextlib.contextmanager
