@@ -36,7 +36,7 @@ def plain_ce(model, batch: dict) -> torch.Tensor:
     """The loss before the fused head: (targets, vocab) logits, then F.cross_entropy."""
     inputs = {k: batch[k] for k in losses.MODEL_INPUTS if k in batch}
     labels = batch["labels"][:, 1:]
-    body, head = losses._body_and_head(model)
+    body, head = losses.body_and_head(model)
     hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
     keep = labels != losses.IGNORE
     return F.cross_entropy(head(hidden[keep]).float(), labels[keep], reduction="sum")
