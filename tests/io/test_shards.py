@@ -74,3 +74,14 @@ def test_output_directory_checks(tmp_path):
     with pytest.raises(OutputExistsError, match="is \\(or holds\\) the input"):
         check_output_directory(tmp_path / "full", overwrite=True, inputs=[tmp_path / "full" / "model"])
     assert check_output_directory(tmp_path / "full", overwrite=True) == tmp_path / "full"
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    from lorakit.io.shards import atomic_write
+
+    atomic_write(tmp_path / "a.bin", lambda f: open(f, "wb").write(b"x"))
+    (tmp_path / "b.bin").write_bytes(b"x")
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == (tmp_path / "b.bin").stat().st_mode & 0o777
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]

@@ -147,7 +147,7 @@ def export_onnx(source: str, out_dir: str | os.PathLike, base: Optional[str] = N
     check_output_directory(out_dir, overwrite, [Path(source).expanduser()])
     merged = load_merged(source, base)
     path = write_onnx(merged.model, merged.tokenizer, out_dir, merged.task)
-    stats = {"out": str(path), "task": merged.task, "bytes": sum(f.stat().st_size for f in path.iterdir())}
+    stats = {"out": str(path), "task": merged.task.value, "bytes": sum(f.stat().st_size for f in path.iterdir())}
     if check:
         parity: OnnxParity = check_onnx(merged.model, merged.tokenizer, OnnxModel(path))
         stats.update({f"parity_{k}": v for k, v in asdict(parity).items() if v is not None})

@@ -311,13 +311,17 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
 
 
 def atomic_write(target: str | Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `target`, fsync it, rename it onto `target`."""
+    """Call `write(tmp_path)` on a temporary file beside `target`, fsync it, rename it onto `target`
+    (with the permissions a plain `open` would give it, not mkstemp's private 0600)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
