@@ -124,12 +124,17 @@ def check_output_dir(path: str | os.PathLike, what: str, must_be_empty: bool = F
 
 
 def atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp_path)` then rename over `target`: readers see the old file or the new one, never half of one."""
+    """`write(tmp_path)` then rename over `target`: readers see the old file or the new one, never half of one.
+    The file gets the permissions a plain `open` would give it, not mkstemp's private 0600."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -79,7 +79,7 @@ def test_output_directory_checks(tmp_path):
 def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
     import os
 
-    from lorakit.io.shards import atomic_write
+    from lorakit.files import atomic_write
 
     atomic_write(tmp_path / "a.bin", lambda f: open(f, "wb").write(b"x"))
     (tmp_path / "b.bin").write_bytes(b"x")

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io.shards import atomic_write, check_output_file
+from ..files import atomic_write
+from ..io.shards import check_output_file
 from ..train.config import Task
 from .gguf_vocab import gguf_vocab, write_vocab
 from .probe import PROBE_TEXTS, probe_ids

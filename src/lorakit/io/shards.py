@@ -10,8 +10,8 @@ and LoRA extraction (`merge/`), export.
   each header first and then every tensor straight to its offset when it is produced: memory holds
   one tensor, not a shard. The index (`model.safetensors.index.json`) follows transformers' layout.
 - `staged_directory` writes a whole output directory beside its target and renames it into place
-  at the end, so a failure or Ctrl-C never leaves half a model where the user asked for one;
-  `atomic_write` does the same for one file (adapter files, GGUF exports).
+  at the end, so a failure or Ctrl-C never leaves half a model where the user asked for one
+  (`lorakit.files.atomic_write` does the same for one file).
 """
 from __future__ import annotations
 
@@ -308,24 +308,3 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: file exists (pass --overwrite to replace it)")
     return path
-
-
-def atomic_write(target: str | Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `target`, fsync it, rename it onto `target`
-    (with the permissions a plain `open` would give it, not mkstemp's private 0600)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
