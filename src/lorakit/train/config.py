@@ -106,6 +106,11 @@ class DistillSection(_Section):
                                                "through a learned projection (transformers' hidden_states: 0 = "
                                                "embeddings, -1 = last).")
 
+    @field_validator("hidden_layers", mode="before")
+    @classmethod
+    def _pairs_as_tuples(cls, v):  # YAML gives [[s, t], ...]; strict types want the pairs as tuples
+        return [tuple(p) if isinstance(p, list) else p for p in v] if isinstance(v, list) else v
+
 
 FULL = "full"
 """`method: full`: full fine-tuning, the baseline (no adapter, every weight trains)."""
