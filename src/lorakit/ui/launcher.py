@@ -23,6 +23,7 @@ from typing import Optional
 import yaml
 
 from ..errors import InputError
+from ..files import atomic_write_text
 from .runs import Run, RunsDir
 
 STOP_GRACE_S = 15.0
@@ -59,7 +60,7 @@ class Launcher:
             directory = self.runs.root / name
             directory.mkdir(parents=True, exist_ok=True)
             config = dict(config, output_dir=str(directory))
-            _atomic_write(directory / "launch.yaml", yaml.safe_dump(config, sort_keys=False))
+            atomic_write_text(directory / "launch.yaml", yaml.safe_dump(config, sort_keys=False))
             command = [self.python, "-m", "lorakit", "train", str(directory / "launch.yaml")]
             if resume:
                 command.append("--resume")
@@ -70,7 +71,7 @@ class Launcher:
             self.procs[name] = proc
             record = {"pid": proc.pid, "started": time.time(), "command": command, "exit_code": None,
                       "stopped": False}
-            _atomic_write(directory / "launch.json", json.dumps(record, indent=1))
+            atomic_write_text(directory / "launch.json", json.dumps(record, indent=1))
             threading.Thread(target=self._reap, args=(name, proc, directory), daemon=True,
                              name=f"lorakit-ui-run-{name}").start()
             return Run(name, directory)
@@ -119,10 +120,4 @@ def _update(path: Path, **fields) -> None:
         except (OSError, ValueError):
             record = {}
         record.update(fields)
-        _atomic_write(path, json.dumps(record, indent=1))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record, indent=1))
