@@ -233,6 +233,16 @@ def lorakit_worker(a: dict) -> dict:
     return res
 
 
+def _trainer_arguments(a: dict, side: str) -> dict:
+    """The `TrainingArguments` both HF-based sides share: lorakit's schedule, no saving, no logging sinks."""
+    return dict(
+        output_dir=os.path.join(a["tmp"], f"{side}-run{a['rep']}"), per_device_train_batch_size=a["batch_size"],
+        gradient_accumulation_steps=a["accum"], max_steps=a["steps"], learning_rate=a["lr"],
+        lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=a["seed"],
+        data_seed=a["seed"], logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        use_cpu=True, dataloader_num_workers=0)
+
+
 def hf_worker(a: dict, grouped: bool) -> dict:
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
@@ -266,12 +276,7 @@ def hf_worker(a: dict, grouped: bool) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.perf_counter())
 
-    args = TrainingArguments(
-        output_dir=os.path.join(a["tmp"], f"hf-run{a['rep']}"), per_device_train_batch_size=a["batch_size"],
-        gradient_accumulation_steps=a["accum"], max_steps=a["steps"], learning_rate=a["lr"],
-        lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=a["seed"],
-        data_seed=a["seed"], logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
+    args = TrainingArguments(**_trainer_arguments(a, "hf"), remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if grouped else "random")
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[StepEnd()])
     _touch(model)
@@ -329,12 +334,7 @@ def trl_worker(a: dict) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.perf_counter())
 
-    args = SFTConfig(
-        output_dir=os.path.join(a["tmp"], f"trl-run{a['rep']}"), per_device_train_batch_size=a["batch_size"],
-        gradient_accumulation_steps=a["accum"], max_steps=a["steps"], learning_rate=a["lr"],
-        lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=a["seed"],
-        data_seed=a["seed"], logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, dataloader_num_workers=0, padding_free=True, max_length=None, bf16=False,
+    args = SFTConfig(**_trainer_arguments(a, "trl"), padding_free=True, max_length=None, bf16=False,
         gradient_checkpointing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StepEnd()])

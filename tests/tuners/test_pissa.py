@@ -7,22 +7,14 @@ import torch
 
 import lorakit
 from helpers import MODEL_FACTORIES, peft_from_pretrained, tiny_llama
-from helpers import logits
+from helpers import logits, train_steps
 from lorakit.tuners.lora import lora_wrappers
 
 peft = pytest.importorskip("peft")
 
 
 def _train(model, ids, steps=3, lr=1e-2):
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, ids, steps=steps, lr=lr)
     model.eval()
     return losses
 
