@@ -2,13 +2,16 @@
 
 ``quickstart_train`` / ``quickstart_eval``: calendar note -> ``activity|person|day|time`` (messages format).
 ``classify_train`` / ``classify_eval``: support tickets labelled billing/technical/account/shipping.
+``contacts_train`` / ``contacts_eval``: a sentence with a name and a phone number -> ``Last, First: ddd-ddd-dddd``.
+``orders_train`` / ``orders_eval``: a shopping request -> ``item-color-size xQTY``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-NAMES = ("quickstart_train", "quickstart_eval", "classify_train", "classify_eval")
+NAMES = ("quickstart_train", "quickstart_eval", "classify_train", "classify_eval",
+         "contacts_train", "contacts_eval", "orders_train", "orders_eval")
 
 
 def path(name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Seeded generator for the two bundled datasets; ``python -m lorakit.data.bundled.generate``.
+"""Seeded generator for the bundled datasets; ``python -m lorakit.data.bundled.generate``.
 
 quickstart (OpenAI ``messages`` format)
     A short calendar note -> a compact record ``activity|person|day|time``: the activity in
@@ -13,6 +13,20 @@ classify (``text`` + string ``label``)
     Short support-ticket messages labelled ``billing`` / ``technical`` / ``account`` /
     ``shipping``, assembled from per-class openings, issues and closings. The issue phrases
     are split between train and eval, so no eval sentence appears in train.
+
+contacts (``messages``)
+    A sentence that mentions a person and a phone number -> ``Last, First: ddd-ddd-dddd``. Names
+    come as "First Last" or "Last, First", numbers as ``(555) 123-4567``, ``555.123.4567``,
+    ``555 123 4567`` or ``5551234567``. Held-out rows never share their (first, last) pair with train.
+
+orders (``messages``)
+    A shopping request -> ``item-color-size xQTY``: the item as a fixed slug (``T-shirts`` ->
+    ``tshirt``), the colour in lower case, the size as ``S/M/L/XL`` and the quantity as digits
+    (``two`` -> ``x2``). Held-out rows never share their (item, colour, size, quantity) with train.
+
+The last two are the second and third task of the continual-learning sequence (calendar notes,
+contacts, orders): the same kind of extraction with different fields, so learning one can
+overwrite another.
 
 Running the module rewrites the JSONL files next to it; the output is byte-identical for
 the same seed.
@@ -190,6 +204,98 @@ def classify_rows(n_train: int = 600, n_eval: int = 150, seed: int = SEED) -> tu
     return make(n_train, 0), make(n_eval, 1)
 
 
+CONTACT_SYSTEM = "Extract the contact as Last, First: ddd-ddd-dddd."
+FIRST_NAMES = PEOPLE
+LAST_NAMES = [
+    "Sharma", "Okafor", "Lindqvist", "Moreau", "Tanaka", "Kowalski", "Haddad", "Brennan", "Costa",
+    "Nguyen", "Fischer", "Alvarez", "Petrov", "Osei", "Larsen", "Romano", "Yilmaz", "Dubois", "Kim",
+    "Walsh", "Novak", "Silva", "Becker", "Ito", "Murphy",
+]
+CONTACT_TEMPLATES = [
+    "Call {name} at {phone}.",
+    "{name}'s number is {phone}",
+    "New contact: {name}, {phone}",
+    "You can reach {name} on {phone}.",
+    "Save {phone} for {name} please",
+    "{phone} - that's {name}",
+    "Text {name} tomorrow: {phone}",
+]
+
+
+def _phone(rng: random.Random) -> tuple[str, str]:
+    """A written phone number and its normal form, e.g. ``("(555) 123-4567", "555-123-4567")``."""
+    a, b, c = rng.randint(200, 989), rng.randint(100, 999), rng.randint(0, 9999)
+    written = rng.choice(["({a}) {b}-{c}", "{a}.{b}.{c}", "{a} {b} {c}", "{a}{b}{c}", "{a}-{b}-{c}"])
+    return written.format(a=a, b=b, c=f"{c:04d}"), f"{a}-{b}-{c:04d}"
+
+
+def contacts_rows(n_train: int = 400, n_eval: int = 60, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """Return ``(train, eval)`` lists of ``{"messages": [system, user, assistant]}`` rows."""
+    rng = random.Random(seed + 2)
+    pairs = [(f, l) for f in FIRST_NAMES for l in LAST_NAMES]
+    rng.shuffle(pairs)
+    held_out = set(pairs[: len(pairs) // 5])
+
+    def make(n: int, eval_part: bool) -> list[dict]:
+        rows = []
+        while len(rows) < n:
+            first, last = rng.choice(pairs)
+            if ((first, last) in held_out) != eval_part:
+                continue
+            written, phone = _phone(rng)
+            name = f"{last}, {first}" if rng.random() < 0.3 else f"{first} {last}"
+            note = rng.choice(CONTACT_TEMPLATES).format(name=name, phone=written)
+            rows.append({"messages": [
+                {"role": "system", "content": CONTACT_SYSTEM},
+                {"role": "user", "content": note},
+                {"role": "assistant", "content": f"{last}, {first}: {phone}"},
+            ]})
+        return rows
+
+    return make(n_train, False), make(n_eval, True)
+
+
+ORDER_SYSTEM = "Write the order as item-color-size xQTY."
+ITEMS = {  # how a request names the item -> its slug
+    "T-shirts": "tshirt", "hoodies": "hoodie", "socks": "socks", "jackets": "jacket", "caps": "cap",
+    "scarves": "scarf", "sweaters": "sweater", "shorts": "shorts", "gloves": "gloves", "jeans": "jeans",
+}
+COLORS = ["red", "blue", "black", "white", "green", "grey", "navy", "yellow", "pink", "brown"]
+SIZES = {"small": "S", "medium": "M", "large": "L", "extra large": "XL", "S": "S", "M": "M", "L": "L", "XL": "XL"}
+NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+ORDER_TEMPLATES = [
+    "I'd like {q} {c} {i} in {s}.",
+    "Please send {q} {i}, {c}, size {s}.",
+    "Order: {i} x{n}, colour {c}, {s}",
+    "Can I get {q} {s} {c} {i}?",
+    "{q} {c} {i} ({s}) please",
+    "Add {n} {i} in {c}, size {s}, to my basket.",
+]
+
+
+def orders_rows(n_train: int = 400, n_eval: int = 60, seed: int = SEED) -> tuple[list[dict], list[dict]]:
+    """Return ``(train, eval)`` lists of ``{"messages": [system, user, assistant]}`` rows."""
+    rng = random.Random(seed + 3)
+    seen: set[tuple[str, str, str, int]] = set()
+    rows = []
+    while len(rows) < n_train + n_eval:
+        item, color = rng.choice(sorted(ITEMS)), rng.choice(COLORS)
+        size_word = rng.choice(sorted(SIZES))
+        qty = rng.randint(1, 10)
+        key = (ITEMS[item], color, SIZES[size_word], qty)
+        if key in seen:
+            continue
+        seen.add(key)
+        spoken = NUMBERS[qty] if rng.random() < 0.6 else str(qty)
+        note = rng.choice(ORDER_TEMPLATES).format(q=spoken, n=qty, c=color, i=item, s=size_word)
+        rows.append({"messages": [
+            {"role": "system", "content": ORDER_SYSTEM},
+            {"role": "user", "content": note[0].upper() + note[1:]},
+            {"role": "assistant", "content": f"{ITEMS[item]}-{color}-{SIZES[size_word]} x{qty}"},
+        ]})
+    return rows[:n_train], rows[n_train:]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
@@ -197,8 +303,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     q_train, q_eval = quickstart_rows()
     c_train, c_eval = classify_rows()
+    p_train, p_eval = contacts_rows()
+    o_train, o_eval = orders_rows()
     for name, rows in [("quickstart_train", q_train), ("quickstart_eval", q_eval),
-                       ("classify_train", c_train), ("classify_eval", c_eval)]:
+                       ("classify_train", c_train), ("classify_eval", c_eval),
+                       ("contacts_train", p_train), ("contacts_eval", p_eval),
+                       ("orders_train", o_train), ("orders_eval", o_eval)]:
         write_jsonl(HERE / f"{name}.jsonl", rows)
         print(f"wrote {HERE / name}.jsonl ({len(rows)} rows)")
 
