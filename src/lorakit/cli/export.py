@@ -57,28 +57,23 @@ def register(sub, parent) -> None:
                               "  lorakit export onnx runs/quickstart/adapter out/notes-onnx")
     kinds = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
 
-    g = kinds.add_parser("gguf", parents=[parent], help="merged model as one GGUF file (Llama family)")
-    g.add_argument("source", help="adapter directory, merged/compressed model directory, .gguf or embedded name")
-    g.add_argument("output", help="the .gguf file to write")
-    g.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f32", help="tensor type (default f32)")
-    g.add_argument("--base", help="base model of an adapter, overriding base_model_name_or_path")
-    g.add_argument("--no-check", action="store_true", help="skip reading the file back with transformers")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    g.set_defaults(func=cmd_gguf)
+    def add(name, func, help, source, output, check, types=True, overwrite="replace an existing output file"):
+        g = kinds.add_parser(name, parents=[parent], help=help)
+        g.add_argument(source[0], help=source[1])
+        g.add_argument("output", help=output)
+        if types:
+            g.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f32", help="tensor type (default f32)")
+        g.add_argument("--base", help="base model of an adapter, overriding base_model_name_or_path")
+        g.add_argument("--no-check", action="store_true", help=check)
+        g.add_argument("--overwrite", action="store_true", help=overwrite)
+        g.set_defaults(func=func)
 
-    g = kinds.add_parser("gguf-lora", parents=[parent], help="the adapter alone in llama.cpp's LoRA GGUF layout")
-    g.add_argument("adapter", help="LoRA adapter directory")
-    g.add_argument("output", help="the .gguf file to write")
-    g.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f32", help="factor type (default f32)")
-    g.add_argument("--base", help="base model, overriding base_model_name_or_path")
-    g.add_argument("--no-check", action="store_true", help="skip rebuilding ΔW from the file")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    g.set_defaults(func=cmd_gguf_lora)
-
-    g = kinds.add_parser("onnx", parents=[parent], help="merged model as ONNX (with key/value cache) + tokenizer")
-    g.add_argument("source", help="adapter directory, merged/compressed model directory or embedded name")
-    g.add_argument("output", help="directory to write (model.onnx, tokenizer files, onnx_export.json)")
-    g.add_argument("--base", help="base model of an adapter, overriding base_model_name_or_path")
-    g.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    g.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    g.set_defaults(func=cmd_onnx)
+    add("gguf", cmd_gguf, "merged model as one GGUF file (Llama family)",
+        ("source", "adapter directory, merged/compressed model directory, .gguf or embedded name"),
+        "the .gguf file to write", "skip reading the file back with transformers")
+    add("gguf-lora", cmd_gguf_lora, "the adapter alone in llama.cpp's LoRA GGUF layout",
+        ("adapter", "LoRA adapter directory"), "the .gguf file to write", "skip rebuilding ΔW from the file")
+    add("onnx", cmd_onnx, "merged model as ONNX (with key/value cache) + tokenizer",
+        ("source", "adapter directory, merged/compressed model directory or embedded name"),
+        "directory to write (model.onnx, tokenizer files, onnx_export.json)", "skip the onnxruntime comparison",
+        types=False, overwrite="replace a non-empty OUT_DIR")

@@ -52,19 +52,24 @@ PRUNERS: dict[str, Callable] = {"unstructured": _unstructured("layer"), "global"
 """method name → pruner(model, sparsity, previous (mlp, heads) fractions, heads, keep_layers, calibration) → model."""
 
 
+def _recover_config(recover: str, overrides: Sequence[str], model_dir: Path, workdir: Path):
+    """The recovery run's config: `recover` with `overrides`, trained on `model_dir`, written under `workdir`."""
+    from ..config import load_config
+    from ..train.config import RunConfig
+
+    config = load_config(RunConfig, recover, [*overrides, f"model.name={model_dir}", f"output_dir={workdir / 'recover'}"])
+    if config.spec is None or config.task is not Task.SFT:
+        raise InputError(f"{recover}: recovery fine-tunes a LoRA-family adapter on a causal LM (task sft)")
+    return config
+
+
 def _recover(model: nn.Module, tokenizer, recover: str, overrides: Sequence[str], workdir: Path) -> nn.Module:
     """Fine-tune a LoRA adapter on `model` with the run config `recover`; the merged model back."""
-    from ..config import load_config
     from ..inference import load_merged
-    from ..train.config import RunConfig
     from ..train.loop import train
 
     pruned_dir = save_model_dir(model, workdir / "pruned", tokenizer)
-    config = load_config(RunConfig, recover, [*overrides, f"model.name={pruned_dir}",
-                                              f"output_dir={workdir / 'recover'}"])
-    if config.spec is None or config.task is not Task.SFT:
-        raise InputError(f"{recover}: recovery fine-tunes a LoRA-family adapter on a causal LM (task sft)")
-    result = train(config, quiet=True)
+    result = train(_recover_config(recover, overrides, pruned_dir, workdir), quiet=True)
     return load_merged(str(result.adapter_dir)).model
 
 
@@ -95,8 +100,10 @@ def prune_to_dir(source: str, out: str | os.PathLike, method: str = "unstructure
             raise InputError(f"--{name} {value}: expected a fraction in [0, 1)")
     if method != "structured" and (heads or keep_layers):
         raise InputError("--heads and --keep-layers remove whole structures: use them with --method structured")
-    if recover is not None and not Path(recover).is_file():
-        raise InputError(f"--recover {recover}: run config file not found")
+    if recover is not None:
+        if not Path(recover).is_file():
+            raise InputError(f"--recover {recover}: run config file not found")
+        _recover_config(recover, recover_overrides, Path(source), Path("."))  # a bad config fails before any work
     out = check_output_directory(out, overwrite, [Path(source).expanduser()])
     start = time.perf_counter()
     trained = load_merged(source, base)
@@ -123,20 +130,23 @@ def prune_to_dir(source: str, out: str | os.PathLike, method: str = "unstructure
     if eval_data:
         record(0, "source")
     previous = (0.0, 0.0)
-    for step in range(1, steps + 1):
-        target = (sparsity * step / steps, heads * step / steps)
-        batches = calibration_batches(tokenizer, calibration) if calibration and method == "structured" else None
-        model = PRUNERS[method](model, target[0], previous, target[1],
-                                keep_layers if step == 1 else None, batches)
-        previous = target
-        record(step, "pruned")
-        if recover:
-            masks = zero_masks(model) if method != "structured" else None
-            model = _recover(model, tokenizer, recover, recover_overrides, out.parent / f".{out.name}.steps" / str(step))
-            if masks is not None:
-                apply_masks(model, masks)
-            record(step, "recovered")
-    shutil.rmtree(out.parent / f".{out.name}.steps", ignore_errors=True)
+    steps_dir = out.parent / f".{out.name}.steps"  # recovery runs' scratch space
+    try:
+        for step in range(1, steps + 1):
+            target = (sparsity * step / steps, heads * step / steps)
+            batches = calibration_batches(tokenizer, calibration) if calibration and method == "structured" else None
+            model = PRUNERS[method](model, target[0], previous, target[1],
+                                    keep_layers if step == 1 else None, batches)
+            previous = target
+            record(step, "pruned")
+            if recover:
+                masks = zero_masks(model) if method != "structured" else None
+                model = _recover(model, tokenizer, recover, recover_overrides, steps_dir / str(step))
+                if masks is not None:
+                    apply_masks(model, masks)
+                record(step, "recovered")
+    finally:
+        shutil.rmtree(steps_dir, ignore_errors=True)
     report = {"source": str(source), "method": method, "target_sparsity": sparsity, "heads": heads,
               "keep_layers": keep_layers, "steps": rows, "final": rows[-1]}
     save_model_dir(model, out, tokenizer, extra_files={REPORT_NAME: json.dumps(report, indent=2) + "\n"})
