@@ -52,9 +52,9 @@ def config_epilog() -> str:
             + "\n".join(schema_help(RunConfig)))
 
 
-def model_args(p: argparse.ArgumentParser) -> None:
+def model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     """--adapter DIR | --model NAME, and --base (the base of --adapter)."""
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group(required=required)
     which.add_argument("--adapter", help="adapter directory (its base comes from adapter_config.json)")
     which.add_argument("--model", help="model: a merged model dir, a local HF dir, a .gguf file or an embedded name")
     p.add_argument("--base", help="base model for --adapter, overriding base_model_name_or_path")

@@ -5,15 +5,49 @@ import json
 
 from ..data.formats import FORMATS
 from ..errors import InputError
-from .common import gen_args, load_trained_from_args, model_args, positive_int
+from ..train.forgetting import Probe
+from .common import RAW, gen_args, load_trained_from_args, model_args, positive_int
+
+EVAL_EPILOG = """examples:
+  lorakit eval --adapter runs/notes/adapter --data bundled:quickstart_eval
+  lorakit eval --adapter runs/b/adapter --data bundled:quickstart_eval --data bundled:contacts_eval --probe
+  lorakit eval --compare runs/a runs/b
+
+With several --data, --probe, --config or --out, one table is printed and its rows are appended to
+the run's metrics.jsonl (the adapter's parent directory) or to --out.
+"""
 
 
 def cmd_eval(args) -> int:
+    if args.compare:
+        return _compare(args)
+    if args.adapter is None and args.model is None:
+        raise InputError("one of the arguments --adapter --model is required (or --compare RUN_A RUN_B)")
+    if len(args.data) == 1 and args.probe is None and args.out is None and args.config is None:
+        return _eval_one(args)
+    from ..train.forgetting import EvalOptions, evaluate_and_record, format_table
+
+    options = EvalOptions(max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, max_samples=args.max_samples,
+                          probe_max_new_tokens=args.probe_max_new_tokens)
+    rows, written = evaluate_and_record(lambda: load_trained_from_args(args), args.data, args.probe, options,
+                                        config=args.config, out=args.out, adapter=args.adapter, format=args.format)
+    if args.json:
+        print("\n".join(json.dumps(r) for r in rows))
+    else:
+        print(format_table(rows))
+        if written is not None:
+            print(f"rows appended to {written}")
+    return 0
+
+
+def _eval_one(args) -> int:
+    """One --data file: one line of metrics (or one JSON object), nothing written."""
     from ..data.formats import load_dataset
     from ..train.evaluate import evaluate_dataset
     from ..train.prepare import data_path
 
-    dataset = load_dataset(data_path(args.data, "--data"), args.format)
+    dataset = load_dataset(data_path(args.data[0], "--data"), args.format)
     trained = load_trained_from_args(args)
     result = evaluate_dataset(trained.model, trained.tokenizer, dataset, labels=trained.labels,
                               max_length=args.max_length, max_new_tokens=args.max_new_tokens,
@@ -23,6 +57,18 @@ def cmd_eval(args) -> int:
         print(json.dumps(metrics))
     else:
         print("  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()))
+    return 0
+
+
+def _compare(args) -> int:
+    from ..train.forgetting import compare_runs, format_comparison
+
+    if args.adapter or args.model or args.data or args.probe or args.out or args.config:
+        raise InputError("--compare RUN_A RUN_B reads the runs' metrics; it takes no --adapter, --model, --data, "
+                         "--probe, --out or --config")
+    before, after = args.compare
+    pairs = compare_runs(before, after)
+    print("\n".join(json.dumps(p) for p in pairs) if args.json else format_comparison(pairs, before, after))
     return 0
 
 
@@ -72,15 +118,28 @@ def cmd_chat(args) -> int:
 
 
 def register(sub, parent) -> None:
-    p = sub.add_parser("eval", parents=[parent], help="loss, perplexity, exact match or accuracy on a data file")
-    model_args(p)
-    p.add_argument("--data", required=True, help="data file (json, jsonl, csv, parquet) or bundled:NAME")
-    p.add_argument("--format", choices=list(FORMATS), help="data format (detected when omitted)")
+    p = sub.add_parser("eval", parents=[parent], formatter_class=RAW, epilog=EVAL_EPILOG,
+                       help="loss, perplexity, exact match or accuracy on data files; forgetting (--probe, --compare)")
+    model_args(p, required=False)
+    p.add_argument("--data", action="append", default=[], metavar="FILE",
+                   help="data file (json, jsonl, csv, parquet) or bundled:NAME; repeat to score several sets as one "
+                        "table (default: eval.suites of the run's config.yaml)")
+    p.add_argument("--format", choices=list(FORMATS), help="data format (detected per file when omitted)")
+    p.add_argument("--probe", type=Probe, nargs="?", const=Probe.ALL, metavar="KIND",
+                   help="add the general-skill probe: perplexity (general-text sample), agreement (with the base "
+                        "model's answers to general prompts) or all (the default)")
+    p.add_argument("--probe-max-new-tokens", type=positive_int, default=48, metavar="N",
+                   help="answer length of the agreement probe (default 48)")
+    p.add_argument("--config", metavar="YAML", help="read eval.suites from this run config (default: the "
+                                                    "adapter's run config.yaml when no --data is given)")
+    p.add_argument("--out", metavar="JSONL", help="append the rows here instead of the run's metrics.jsonl")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="print before/after deltas of the latest eval rows in two runs' metrics.jsonl")
     p.add_argument("--max-samples", type=positive_int)
     p.add_argument("--max-length", type=positive_int, default=512)
     p.add_argument("--max-new-tokens", type=positive_int, default=48)
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print JSON (one object, or one per table row)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", parents=[parent], help="answer one prompt (streams tokens)")

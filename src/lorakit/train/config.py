@@ -79,6 +79,9 @@ class EvalSection(_Section):
     batch_size: int = Field(16, gt=0, description="Rows per generation batch.")
     max_samples: Optional[int] = Field(None, gt=0, description="Evaluate on at most this many held-out rows.")
     generate: bool = Field(True, description="Measure exact match of greedy generations (chat data).")
+    suites: list[str] = Field(
+        default_factory=list, description="Held-out files or bundled:NAMEs that `lorakit eval` scores together "
+                                          "(with the run's adapter) when no --data is given.")
 
 
 class Task(str, enum.Enum):

@@ -23,7 +23,7 @@ from ..config import _set_dotted, parse_yaml
 from .runs import flatten
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PATH_FIELDS = ("data.train", "data.eval", "model.name")
+PATH_FIELDS = ("data.train", "data.eval", "eval.suites", "model.name")
 """Fields that name files: checked against the allowed directories even when the file does not exist."""
 
 
