@@ -14,6 +14,7 @@ from .merge import combine_adapters, extract_lora, merge, merge_and_unload, merg
 from .quant import quantize
 from .routing import route
 from .state import active_adapter, delete_adapter, disable_adapters, list_adapters, set_adapter
+from .task_router import TaskRouter
 from .train.optim import build_optimizer, loraplus_optimizer
 
 __version__ = "0.1.0"
@@ -25,4 +26,5 @@ __all__ = [
     "delete_adapter", "list_adapters", "active_adapter", "route", "merge", "unmerge", "merge_and_unload",
     "unload", "trainable_parameters", "describe_trainable", "preset_targets", "AdapterFormatError",
     "loraplus_optimizer", "build_optimizer", "quantize", "combine_adapters", "merge_models", "extract_lora",
+    "TaskRouter",
 ]

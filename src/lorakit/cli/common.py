@@ -52,13 +52,14 @@ def config_epilog() -> str:
             + "\n".join(schema_help(RunConfig)))
 
 
-def model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--adapter DIR | --model NAME, and --base (the base of --adapter)."""
+def model_args(p: argparse.ArgumentParser, required: bool = True):
+    """--adapter DIR | --model NAME, and --base (the base of --adapter); returns the exclusive group."""
     which = p.add_mutually_exclusive_group(required=required)
     which.add_argument("--adapter", help="adapter directory (its base comes from adapter_config.json)")
     which.add_argument("--model", help="model: a merged model dir, a local HF dir, a .gguf file or an embedded name")
     p.add_argument("--base", help="base model for --adapter, overriding base_model_name_or_path")
     allow_pickle_arg(p)
+    return which
 
 
 def allow_pickle_arg(p: argparse.ArgumentParser) -> None:
@@ -78,6 +79,8 @@ def load_trained_from_args(args):
     from ..inference import load_trained
     from ..io import CONFIG_NAME, AdapterFormatError
 
+    if getattr(args, "router", None) is not None:
+        raise InputError("--router chooses the adapter; it takes no --adapter or --model")
     if args.adapter is None:
         if args.base:
             raise InputError("--base goes with --adapter; --model is loaded as it is")

@@ -30,7 +30,7 @@ def cmd_serve(args) -> int:
         model=args.model, adapters=parse_adapter_specs(args.adapter), adapter_dir=args.adapter_dir,
         host=args.host, port=args.port, api_key=args.api_key, quantization=args.quantization,
         max_batch=args.max_batch, max_model_len=args.max_model_len, max_loaded_adapters=args.max_loaded_adapters,
-        max_waiting=args.max_waiting,
+        max_waiting=args.max_waiting, router=args.router,
     )
     return serve(options, extend)
 
@@ -86,6 +86,9 @@ def register(sub, parent) -> None:
                         "evicted and reloaded on demand")
     p.add_argument("--max-waiting", type=positive_int, metavar="N", default=256,
                    help="queued requests beyond which new ones get 429 (default 256)")
+    p.add_argument("--router", metavar="DIR",
+                   help="a router (lorakit router build): its tasks' adapters are served under the task names and "
+                        "requests for model \"auto\" go to the adapter the router picks for their prompt")
     p.add_argument("--ui", action="store_true", help="also serve the web dashboard at /ui/ (see lorakit ui)")
     from .ui import dashboard_args
 

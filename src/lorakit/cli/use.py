@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from ..data.formats import FORMATS
 from ..errors import InputError
@@ -78,7 +79,15 @@ def cmd_generate(args) -> int:
 
     if not args.prompt.strip():
         raise InputError("prompt: empty; give the text to answer (or use lorakit chat)")
-    trained = load_trained_from_args(args)
+    if args.router is not None:
+        from ..task_router import load_routed
+
+        if args.base:
+            raise InputError("--base goes with --adapter; --router's adapters load on their own bases")
+        task, trained = load_routed(args.router, args.prompt, allow_pickle=args.allow_pickle)
+        print(f"[routed to {task}]", file=sys.stderr, flush=True)
+    else:
+        trained = load_trained_from_args(args)
     if trained.task is Task.CLASSIFICATION:
         label, p = classify(trained, args.prompt)
         print(f"{label}\t{p:.3f}")
@@ -143,7 +152,9 @@ def register(sub, parent) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", parents=[parent], help="answer one prompt (streams tokens)")
-    model_args(p)
+    which = model_args(p)
+    which.add_argument("--router", metavar="DIR", help="a router (lorakit router build) picks the task adapter "
+                                                       "for the prompt")
     p.add_argument("prompt")
     gen_args(p)
     p.set_defaults(func=cmd_generate)

@@ -44,9 +44,11 @@ class ApiError(Exception):
 
 
 def create_app(engine: Optional[Engine], registry: Registry, *, api_key: Optional[str] = None,
-               drain_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               drain_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES, router=None) -> FastAPI:
     """The server app. `engine` is None when only classification adapters are served. The engine is
-    started with the app and drained on shutdown (in-flight requests finish, up to `drain_timeout` s)."""
+    started with the app and drained on shutdown (in-flight requests finish, up to `drain_timeout` s).
+    `router`: a `lorakit.TaskRouter` whose tasks are served adapters; requests for model "auto" are
+    routed by their prompt (the last user message) before they join the batch."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -59,14 +61,14 @@ def create_app(engine: Optional[Engine], registry: Registry, *, api_key: Optiona
     app = FastAPI(title="lorakit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = engine.metrics if engine is not None else Metrics()
     app.state.engine, app.state.registry, app.state.metrics = engine, registry, metrics
-    app.include_router(openai_router(engine, registry, api_key, metrics))
+    app.include_router(openai_router(engine, registry, api_key, metrics, router))
     _install_errors(app)
     app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes)
     return app
 
 
 def openai_router(engine: Optional[Engine], registry: Registry, api_key: Optional[str],
-                  metrics: Metrics) -> APIRouter:
+                  metrics: Metrics, task_router=None) -> APIRouter:
     """The routes, on their own router: another app can include them next to its own."""
     router = APIRouter()
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(_key_check(api_key))])
@@ -91,15 +93,18 @@ def openai_router(engine: Optional[Engine], registry: Registry, api_key: Optiona
             base["max_model_len"] = engine.max_model_len
         adapters = [{"id": e.name, "object": "model", "created": started, "owned_by": "lorakit", "root": str(e.path),
                      "parent": registry.base_name, "task": e.task, "loaded": e.loaded} for e in registry.listing()]
-        return {"object": "list", "data": ([base] if engine is not None else []) + adapters}
+        auto = ([{"id": "auto", "object": "model", "created": started, "owned_by": "lorakit", "root": None,
+                  "parent": registry.base_name, "task": "router", "routes_to": task_router.names}]
+                if task_router is not None and engine is not None else [])
+        return {"object": "list", "data": ([base] if engine is not None else []) + adapters + auto}
 
     @v1.post("/chat/completions")
     async def chat(body: ChatRequest, http: HttpRequest):
-        return await _generate(engine, registry, body, http, chat=True)
+        return await _generate(engine, registry, body, http, chat=True, task_router=task_router)
 
     @v1.post("/completions")
     async def completions(body: CompletionRequest, http: HttpRequest):
-        return await _generate(engine, registry, body, http, chat=False)
+        return await _generate(engine, registry, body, http, chat=False, task_router=task_router)
 
     @v1.post("/classify")
     async def classify(body: ClassifyRequest):
@@ -149,14 +154,22 @@ def openai_router(engine: Optional[Engine], registry: Registry, api_key: Optiona
     return router
 
 
-async def _generate(engine: Optional[Engine], registry: Registry, body, http: HttpRequest, chat: bool):
-    """Validate, queue the request on the engine, then stream or collect its events."""
+async def _generate(engine: Optional[Engine], registry: Registry, body, http: HttpRequest, chat: bool,
+                    task_router=None):
+    """Validate, route ("auto"), queue the request on the engine, then stream or collect its events."""
     from ..data.tokenize import render_ids
     from ..inference import stop_token_ids
+    from ..task_router import AUTO
 
     if engine is None:
         raise ApiError(404, f"the model {body.model!r} does not exist; this server only classifies")
-    adapter = registry.resolve(body.model)
+    model = body.model
+    if model == AUTO and AUTO not in registry.names():
+        if task_router is None:
+            raise ApiError(404, f"the model {AUTO!r} routes each request to a task adapter; start the server "
+                                "with --router DIR", "model")
+        model = await run_in_threadpool(lambda: task_router.route([_routing_text(body, chat)])[0])
+    adapter = registry.resolve(model)
     tokenizer = engine.tokenizer
 
     def encode() -> list[int]:
@@ -185,7 +198,7 @@ async def _generate(engine: Optional[Engine], registry: Registry, body, http: Ht
     engine.submit(request)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(engine, request, queue, chat, body.model, include_usage),
+        return StreamingResponse(_sse(engine, request, queue, chat, model, include_usage),
                                  media_type="text/event-stream")
     pieces, event = [], None
     try:
@@ -202,8 +215,16 @@ async def _generate(engine: Optional[Engine], registry: Registry, body, http: Ht
             engine.cancel(request)
     if event.error:
         raise ApiError(500, event.error)
-    return completion_body(chat, rid, body.model, "".join(pieces), event.finish_reason,
+    return completion_body(chat, rid, model, "".join(pieces), event.finish_reason,
                            usage(event.prompt_tokens, event.completion_tokens))
+
+
+def _routing_text(body, chat: bool) -> str:
+    """What the router reads: the last user message (chat), or the prompt."""
+    if not chat:
+        return body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    messages = [m.as_dict() for m in body.messages]
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
 
 
 async def _sse(engine: Engine, request: Request, queue: asyncio.Queue, chat: bool, model: str, include_usage: bool):

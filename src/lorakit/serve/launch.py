@@ -30,6 +30,7 @@ class ServeOptions:
     max_loaded_adapters: Optional[int] = None
     max_waiting: int = 256
     drain_timeout: float = 30.0
+    router: Optional[str] = None  # a TaskRouter dir: its tasks' adapters are served, model "auto" is routed
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
@@ -64,7 +65,10 @@ def plan(options: ServeOptions) -> _Plan:
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
     generation, classification, bases, quants = {}, {}, {}, {}
-    for name, directory in options.adapters.items():
+    adapters = dict(options.adapters)
+    if options.router is not None:
+        adapters = _with_router_tasks(options.router, adapters)
+    for name, directory in adapters.items():
         path = Path(directory).expanduser().resolve()
         if not (path / CONFIG_NAME).is_file():
             raise InputError(f"--adapter {name}={directory}: not an adapter directory (no {CONFIG_NAME})")
@@ -77,6 +81,9 @@ def plan(options: ServeOptions) -> _Plan:
         generation[name] = path
         bases[name] = config.base_model_name_or_path
         quants[name] = (read_base_quantization(path) or {}).get("method")
+    if options.router is not None and set(adapters) - set(options.adapters) & set(classification):
+        raise InputError(f"--router {options.router}: every task needs a generation adapter, not a classifier "
+                         f"({', '.join(sorted(set(adapters) - set(options.adapters) & set(classification)))})")
     base = options.model
     if base is None and generation:
         if len(set(bases.values())) > 1:
@@ -94,6 +101,23 @@ def plan(options: ServeOptions) -> _Plan:
     if quantization is None and options.model is None and len(set(quants.values())) == 1:
         quantization = next(iter(quants.values()), None)  # QLoRA adapters: the 4-bit base they trained on
     return _Plan(base, quantization, generation, classification)
+
+
+def _with_router_tasks(directory: str, adapters: dict[str, str]) -> dict[str, str]:
+    """The --adapter specs plus the router's tasks (same name: it must be the same directory)."""
+    from ..task_router import AUTO, read_router
+
+    if AUTO in adapters:
+        raise InputError(f"--adapter {AUTO}: with --router, {AUTO!r} is the routed model; name the adapter otherwise")
+    meta, _ = read_router(directory)
+    out = dict(adapters)
+    for task in meta["tasks"]:
+        given = out.get(task["name"])
+        if given is not None and Path(given).expanduser().resolve() != Path(task["adapter"]).expanduser().resolve():
+            raise InputError(f"--router {directory}: task {task['name']!r} is {task['adapter']}, but --adapter "
+                             f"{task['name']}={given} names another directory")
+        out[task["name"]] = task["adapter"]
+    return out
 
 
 def build_app(options: ServeOptions):
@@ -122,7 +146,12 @@ def build_app(options: ServeOptions):
                         ensure_adapter=lambda name, in_use: registry.ensure(model, name, in_use))
     for name, path in p.classification.items():
         registry.add_classifier(name, path, load_trained(path))
-    return create_app(engine, registry, api_key=options.api_key, drain_timeout=options.drain_timeout)
+    router = None
+    if options.router is not None:
+        from ..task_router import TaskRouter
+
+        router = TaskRouter.load(options.router)
+    return create_app(engine, registry, api_key=options.api_key, drain_timeout=options.drain_timeout, router=router)
 
 
 def serve(options: ServeOptions, extend: Optional[Callable] = None) -> int:
