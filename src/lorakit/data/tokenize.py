@@ -73,6 +73,13 @@ class EncodeStats:
                 f"{self.dropped_no_target} dropped (no target tokens left), "
                 f"{self.tokens} tokens ({self.target_tokens} targets)")
 
+    def plus(self, other: "EncodeStats") -> "EncodeStats":
+        """The stats of two datasets encoded one after the other (e.g. the sources of a training mix)."""
+        return EncodeStats(self.rows + other.rows, self.kept + other.kept, self.truncated + other.truncated,
+                           self.dropped_no_target + other.dropped_no_target, self.tokens + other.tokens,
+                           self.target_tokens + other.target_tokens, max(self.longest, other.longest),
+                           self.lengths + other.lengths)
+
     def metrics(self) -> dict:
         """The counts for metrics.jsonl."""
         return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "longest": self.longest,

@@ -10,7 +10,7 @@ import enum
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import Field, create_model, field_serializer, field_validator, model_validator
 
 from ..config import StrictConfig
 from ..methods import METHODS, Method
@@ -32,8 +32,30 @@ class ModelSection(_Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
 
 
+class TrainSource(_Section):
+    """One source of the training mix (`data.train` as a list)."""
+
+    file: str = Field(..., min_length=1, description="Data file (json, jsonl, csv, parquet) or bundled:NAME.")
+    weight: float = Field(1.0, gt=0, description="Share of each epoch's training rows drawn from this source: "
+                                                 "weight / the sum of the weights (a source is cycled if short).")
+    prefix: str = Field("", description="Task prefix put verbatim in front of every row's first user message "
+                                        "(text rows: the text); include a trailing space or newline.")
+
+
+class ReplaySection(_Section):
+    """Rows of earlier tasks mixed into every micro-batch (see `lorakit.data.mixing`)."""
+
+    file: str = Field(..., min_length=1, description="Earlier tasks' data file, or bundled:NAME.")
+    ratio: float = Field(..., gt=0, lt=1, description="Share of every micro-batch's token budget filled with "
+                                                      "replay rows.")
+
+
 class DataSection(_Section):
-    train: str = Field(..., min_length=1, description="Training data file (json, jsonl, csv, parquet) or bundled:NAME.")
+    train: list[TrainSource] = Field(
+        ..., min_length=1, description="Training data file (json, jsonl, csv, parquet) or bundled:NAME; or a list "
+                                       "of sources {file, weight, prefix} mixed by weight.")
+    replay: Optional[ReplaySection] = Field(None, description="Earlier tasks' rows mixed into every batch: "
+                                                              "{file, ratio}.")
     eval: Optional[str] = Field(None, min_length=1, description="Held-out data file, or bundled:NAME.")
     format: Optional[Literal["alpaca", "sharegpt", "messages", "text", "classification"]] = Field(
         None, description="Row format; detected from the rows when omitted.")
@@ -41,6 +63,22 @@ class DataSection(_Section):
     batching: Literal["packed", "grouped"] = Field(
         "grouped", description="grouped: length-grouped padded batches; packed: several samples per row.")
     max_tokens: int = Field(2048, gt=0, description="Token budget of one micro-batch (rows × padded length).")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_file_is_one_source(cls, v):
+        return [{"file": v}] if isinstance(v, str) else v
+
+    @field_serializer("train")
+    def _one_source_as_file(self, sources: list[TrainSource]):
+        if len(sources) == 1 and sources[0] == TrainSource(file=sources[0].file):
+            return sources[0].file  # written back as it was given: `train: FILE`
+        return [s.model_dump() for s in sources]
+
+    @property
+    def mixed(self) -> bool:
+        """More than one source, or a source with a prefix: `data.train` was given as a list."""
+        return self.train != [TrainSource(file=self.train[0].file)]
 
 
 class TrainSection(_Section):

@@ -17,6 +17,7 @@ from ..inject import inject
 from ..data import bundled
 from ..data.batching import BatchLoader, grouped_batches, packed_batches
 from ..data.formats import Dataset, empty_targets, load_dataset
+from ..data.mixing import mixed_batches
 from ..data.io import DataError
 from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
@@ -34,9 +35,14 @@ HEAD_NAMES = ("classifier", "score")
 
 @dataclass
 class Data:
-    train: Dataset
+    train: Dataset  # every training source's rows, in order (task prefixes applied)
     eval: Optional[Dataset]
     labels: Optional[list] = None  # classification label names, index = class id
+    parts: list[Dataset] = field(default_factory=list)  # the sources of `data.train`, one Dataset each
+    replay: Optional[Dataset] = None  # `data.replay`'s rows
+
+    def __post_init__(self):
+        self.parts = self.parts or [self.train]
 
 
 @dataclass
@@ -67,27 +73,46 @@ def data_path(value: str, key: str) -> Path:
     return path
 
 
+def with_prefix(ds: Dataset, prefix: str) -> Dataset:
+    """`prefix` put verbatim in front of every row's first user message (text / classification rows: the text)."""
+    if not prefix:
+        return ds
+    if ds.kind == "chat":
+        rows = []
+        for row in ds.rows:
+            first = next(i for i, m in enumerate(row) if m["role"] == "user")
+            rows.append([dict(m, content=prefix + m["content"]) if i == first else m for i, m in enumerate(row)])
+    else:
+        rows = [dict(r, text=prefix + r["text"]) for r in ds.rows]
+    return Dataset(ds.source, ds.format, ds.kind, rows)
+
+
 def load_data(config: RunConfig) -> Data:
-    """Read and validate every row of the train and eval files.
+    """Read and validate every row of the training sources, the replay file and the eval file.
 
     Rows with an empty target (blank text or assistant replies) are counted and warned about;
     a training file where every row is empty is refused.
     """
-    train = load_dataset(data_path(config.data.train, "data.train"), config.data.format)
-    evals = load_dataset(data_path(config.data.eval, "data.eval"), config.data.format) if config.data.eval else None
-    for ds in filter(None, (train, evals)):
+    dc = config.data
+    keys = ["data.train"] if not dc.mixed else [f"data.train.{i}.file" for i in range(len(dc.train))]
+    parts = [with_prefix(load_dataset(data_path(s.file, key), dc.format), s.prefix) for s, key in zip(dc.train, keys)]
+    replay = load_dataset(data_path(dc.replay.file, "data.replay.file"), dc.format) if dc.replay else None
+    evals = load_dataset(data_path(dc.eval, "data.eval"), dc.format) if dc.eval else None
+    for ds in filter(None, (*parts, replay, evals)):
         if ds.kind not in DATA_KINDS[config.task]:
             if config.task is Task.CLASSIFICATION:
                 raise DataError(f"{ds.source}: task 'classification' needs 'text' and 'label' in every row; "
                                 f"these are {ds.format} rows without a 'label'")
             raise DataError(f"{ds.source}: {ds.kind} data cannot train task {config.task.value!r}")
         empty = empty_targets(ds)
-        if empty == len(ds) and ds is train:
+        if empty == len(ds) and ds is not evals:
             raise DataError(f"{ds.source}: all {len(ds)} rows have an empty target (blank text or assistant "
                             "replies): nothing to train on")
         if empty:
             warnings.warn(f"{ds.source}: {empty} of {len(ds)} rows have an empty target (blank text or assistant "
                           "replies); they train on nothing", stacklevel=2)
+    train = parts[0] if len(parts) == 1 else Dataset(
+        " + ".join(p.source for p in parts), parts[0].format, parts[0].kind, [r for p in parts for r in p.rows])
     labels = None
     if config.task is Task.CLASSIFICATION:
         try:
@@ -101,7 +126,11 @@ def load_data(config: RunConfig) -> Data:
         if unseen:
             raise DataError(f"{evals.source}: labels not in the training data: {', '.join(unseen[:5])}")
         labels = list(label_map)
-    return Data(train, evals, labels)
+        if replay is not None:
+            unseen = sorted({str(r["label"]) for r in replay.rows} - {str(l) for l in label_map})
+            if unseen:
+                raise DataError(f"{replay.source}: labels not in the training data: {', '.join(unseen[:5])}")
+    return Data(train, evals, labels, parts, replay)
 
 
 def load_model(config: RunConfig, labels: Optional[list] = None):
@@ -152,18 +181,43 @@ def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
 
 
 def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:
-    """Tokenised (train, eval) examples and the encoding stats of each split."""
+    """Tokenised (train sources, eval) examples and the encoding stats of each split; the train examples
+    are one list per source (`data.parts`), then the replay examples when `data.replay` is set."""
     def one(ds: Dataset) -> tuple[list, EncodeStats]:
         if config.task is Task.CLASSIFICATION:
             label_map = {l: i for i, l in enumerate(data.labels)}
             return encode_classification(tokenizer, ds.rows, config.data.max_length, label_map)
         return encode_dataset(tokenizer, ds, config.data.max_length)
 
-    train, train_stats = one(data.train)
-    if not train:
-        raise DataError(f"{data.train.source}: no example left with a target token after truncation")
-    evals, eval_stats = one(data.eval) if data.eval else ([], None)
-    return train, evals, {"train": train_stats, "eval": eval_stats}
+    train, stats = [], {}
+    for ds in data.parts:
+        examples, part_stats = one(ds)
+        if not examples:
+            raise DataError(f"{ds.source}: no example left with a target token after truncation")
+        train.append(examples)
+        stats["train"] = part_stats if "train" not in stats else stats["train"].plus(part_stats)
+    if data.replay is not None:
+        replay, stats["replay"] = one(data.replay)
+        if not replay:
+            raise DataError(f"{data.replay.source}: no example left with a target token after truncation")
+        train.append(replay)
+    evals, stats["eval"] = one(data.eval) if data.eval else ([], None)
+    return train, evals, stats
+
+
+def train_batches(config: RunConfig, sources: list[list], pad_id: int) -> BatchLoader:
+    """The training batches: one source without replay as `batches`; else mixed by weight with replay
+    in every batch (`lorakit.data.mixing`)."""
+    dc = config.data
+    if not dc.mixed and dc.replay is None:
+        return batches(config, sources[0], pad_id, config.train.seed)
+    replay = sources[-1] if dc.replay is not None else None
+    train = sources[:-1] if replay is not None else sources
+    packed = dc.batching == "packed" and config.task is not Task.CLASSIFICATION
+    longest = max(len(e) for s in sources for e in s)
+    return mixed_batches(train, [s.weight for s in dc.train], replay, dc.replay.ratio if dc.replay else 0.0,
+                         "packed" if packed else "grouped", dc.max_tokens, max(dc.max_length, longest), pad_id,
+                         config.train.seed)
 
 
 def batches(config: RunConfig, examples: list, pad_id: int, seed: int, for_eval: bool = False) -> BatchLoader:
@@ -189,7 +243,7 @@ def prepare(config: RunConfig, data: Optional[Data] = None) -> Prepared:
     conversations = [r for r in data.eval.rows][: config.eval.max_samples] if data.eval and data.eval.kind == "chat" else []
     return Prepared(
         model=model, tokenizer=tokenizer,
-        train_batches=batches(config, train, pad, config.train.seed),
+        train_batches=train_batches(config, train, pad),
         eval_batches=batches(config, evals[: config.eval.max_samples], pad, 0, for_eval=True) if evals else None,
         eval_conversations=conversations, loss_sum=loss_sum, stats=stats, labels=data.labels, aux=aux,
     )

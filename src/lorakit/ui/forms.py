@@ -23,7 +23,7 @@ from ..config import _set_dotted, parse_yaml
 from .runs import flatten
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PATH_FIELDS = ("data.train", "data.eval", "eval.suites", "model.name")
+PATH_FIELDS = ("data.train", "data.eval", "eval.suites", "model.name", "data.replay.file")
 """Fields that name files: checked against the allowed directories even when the file does not exist."""
 
 
@@ -140,16 +140,28 @@ class PathPolicy:
         """Errors by dotted key for path values outside the allowed directories."""
         where = ", ".join(str(p) for p in self.allowed) or "(none)"
         errors = {}
-        for key, value in flatten(config).items():
+        for key, value in _flatten_lists(flatten(config)).items():
             for item in value if isinstance(value, list) else [value]:
                 if not isinstance(item, str) or not item or item.startswith("bundled:"):
                     continue
                 if key == "model.name" and item.lower() in self.embedded:
                     continue
-                looks_like_path = key in PATH_FIELDS or _exists(item)
+                looks_like_path = re.sub(r"\.\d+\.file$", "", key) in PATH_FIELDS or _exists(item)
                 if looks_like_path and not self.inside(item):
                     errors[key] = f"{item}: outside the directories this page may read ({where})"
         return errors
+
+
+def _flatten_lists(flat: dict[str, Any]) -> dict[str, Any]:
+    """Mappings inside list values (`data.train: [{file: ...}, ...]`) flattened too: `data.train.0.file`."""
+    out = {}
+    for key, value in flat.items():
+        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                out.update(_flatten_lists(flatten(v, f"{key}.{i}.")) if isinstance(v, dict) else {f"{key}.{i}": v})
+        else:
+            out[key] = value
+    return out
 
 
 def _exists(value: str) -> bool:
