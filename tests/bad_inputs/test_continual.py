@@ -16,6 +16,29 @@ def at_start(id, changes, *names):
     return Cli(id, ["train", CFG], list(names), setup=lambda env: env.config(changes))
 
 
+def with_fisher(env, fisher: bytes | None = b"", shape_of=None):
+    """`{tmp}/out`: the shared finished run, with a fisher.safetensors (None: none; b"": one that fits)."""
+    run = env.run_copy()
+    if fisher == b"":
+        import torch
+        from safetensors.torch import save_file
+
+        from lorakit.io import read_weights
+
+        weights = read_weights(run / "adapter")
+        save_file({k: torch.ones(shape_of or t.shape) for k, t in weights.items()}, str(run / "fisher.safetensors"))
+    elif fisher is not None:
+        (run / "fisher.safetensors").write_bytes(fisher)
+    return run
+
+
+def ewc(id, names, fisher=b"", shape_of=None, changes=None):
+    def setup(env):
+        with_fisher(env, fisher, shape_of)
+        env.config({"train": {"ewc": {"lambda": 1.0, "from": "{tmp}/out"}}, **(changes or {})})
+    return Cli(id, ["train", CFG], names, setup=setup)
+
+
 ROWS = [
     # multi-task mixing
     bad("mix-weight-negative", {"data": {"train": [{"file": "{train}"}, {"file": "{train}", "weight": -1}]}},
@@ -34,6 +57,32 @@ ROWS = [
              "data.replay.file", "{tmp}/old.jsonl"),
     at_start("replay-bundled-unknown", {"data": {"replay": {"file": "bundled:nope", "ratio": 0.1}}},
              "data.replay.file", "bundled:nope"),
+    # continuing an adapter, Fisher, EWC
+    at_start("init-adapter-missing", {"train": {"init_adapter": "{tmp}/nope"}}, "train.init_adapter", "{tmp}/nope"),
+    at_start("init-adapter-not-adapter", {"train": {"init_adapter": "{tmp}"}}, "train.init_adapter",
+             "adapter_config.json"),
+    at_start("init-adapter-other-rank", {"train": {"init_adapter": "{adapter}"}, "lora": {"r": 4}},
+             "train.init_adapter", "wrong shapes"),
+    at_start("init-adapter-other-targets", {"train": {"init_adapter": "{adapter}"},
+                                            "lora": {"target_modules": ["q_proj"]}},
+             "train.init_adapter", "unexpected keys"),
+    bad("init-adapter-full", {"method": "full", "train": {"init_adapter": "{adapter}"}}, "train.init_adapter",
+        "adapter method"),
+    bad("fisher-samples-negative", {"train": {"save_fisher_samples": -3}}, "train.save_fisher_samples"),
+    bad("fisher-samples-full", {"method": "full", "train": {"save_fisher_samples": 4}}, "train.save_fisher_samples"),
+    bad("ewc-lambda-missing", {"train": {"ewc": {"from": "{tmp}"}}}, "train.ewc.lambda"),
+    bad("ewc-lambda-negative", {"train": {"ewc": {"lambda": -1, "from": "{tmp}"}}}, "train.ewc.lambda"),
+    bad("ewc-lambda-string", {"train": {"ewc": {"lambda": "big", "from": "{tmp}"}}}, "train.ewc.lambda"),
+    bad("ewc-from-missing", {"train": {"ewc": {"lambda": 1.0}}}, "train.ewc.from"),
+    bad("ewc-unknown-key", {"train": {"ewc": {"lambda": 1.0, "from": "{tmp}", "fisher": 3}}}, "train.ewc.fisher"),
+    bad("ewc-and-other-init", {"train": {"ewc": {"lambda": 1.0, "from": "{tmp}/out"}, "init_adapter": "{adapter}"}},
+        "train.init_adapter", "train.ewc.from"),
+    at_start("ewc-run-missing", {"train": {"ewc": {"lambda": 1.0, "from": "{tmp}/gone"}}}, "train.ewc.from",
+             "{tmp}/gone"),
+    ewc("ewc-no-fisher", ["train.ewc.from", "fisher.safetensors", "save_fisher_samples"], fisher=None),
+    ewc("ewc-fisher-truncated", ["fisher.safetensors"], fisher=b"\x08\x00\x00"),
+    ewc("ewc-fisher-wrong-shape", ["train.ewc.from", "fisher.safetensors", "(3, 3)"], shape_of=(3, 3)),
+    ewc("ewc-other-rank", ["train.ewc.from", "wrong shapes"], changes={"lora": {"r": 4}}),
 ]
 
 

@@ -272,6 +272,12 @@ def attach_adapter(model: nn.Module, config, weights: dict[str, torch.Tensor], s
     return names
 
 
+def copy_weights(model: nn.Module, adapter_name: str, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy `weights` (on-disk keys, e.g. from `read_weights`) into the existing adapter `adapter_name`; the key
+    set and every shape are checked first (one AdapterFormatError naming `source`), so nothing is half-copied."""
+    _copy_checked(model, adapter_name, weights, Path(source))
+
+
 def _copy_checked(model: nn.Module, adapter_name: str, weights: dict, source: Path) -> None:
     expected = adapter_tensors(model, adapter_name)
     extras = _loadable_extras(model, adapter_name)
@@ -316,5 +322,5 @@ def _first_error(e: ValueError) -> str:
     return validation_message(e) if isinstance(e, ValidationError) else str(e)
 
 
-__all__ = ["save_adapter", "load_adapter", "attach_adapter", "read_config", "read_weights", "write_adapter",
+__all__ = ["save_adapter", "load_adapter", "attach_adapter", "copy_weights", "read_config", "read_weights", "write_adapter",
            "check_tensor_values", "read_base_quantization", "AdapterFormatError"]

@@ -81,6 +81,17 @@ class DataSection(_Section):
         return self.train != [TrainSource(file=self.train[0].file)]
 
 
+class EwcSection(_Section):
+    """Elastic weight consolidation against an earlier run (see `lorakit.train.continual`)."""
+
+    strength: float = Field(..., alias="lambda", gt=0, description="λ of the penalty λ/2 · Σ F · (θ - θ*)².")
+    run: str = Field(..., alias="from", min_length=1,
+                     description="The earlier run's output_dir: its adapter/ is θ* (and this run's starting "
+                                 "point), its fisher.safetensors is F (written by train.save_fisher_samples).")
+
+    model_config = {**_Section.model_config, "populate_by_name": True, "serialize_by_alias": True}
+
+
 class TrainSection(_Section):
     steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (when steps is not set).")
@@ -102,6 +113,16 @@ class TrainSection(_Section):
         "sharded per layer); auto: fsdp for full fine-tuning or a base too big for one GPU, else ddp.")
     distributed_timeout_s: float = Field(
         1800, gt=0, description="Under torchrun: seconds a rank waits for the others before the job fails.")
+    init_adapter: Optional[str] = Field(
+        None, min_length=1, description="Start from this adapter dir's weights (same method, rank and targets) "
+                                        "instead of a fresh adapter: continue training it, e.g. on a new task.")
+    save_fisher_samples: int = Field(
+        0, ge=0, description="After training, write the diagonal Fisher of the adapter's trained parameters "
+                             "over this many training rows to output_dir/fisher.safetensors (0: off), for a "
+                             "later run's train.ewc.")
+    ewc: Optional[EwcSection] = Field(
+        None, description="EWC: {lambda, from: RUN_DIR}: continue RUN_DIR's adapter with the penalty "
+                          "lambda/2 · Σ F (θ - θ*)² in the loss (logged as ewc_penalty).")
 
     @field_validator("loraplus_lr_ratio")
     @classmethod
@@ -177,6 +198,14 @@ class _RunChecks(_Section):
         elif self.distill != DistillSection():
             raise ValueError(f"`distill:` settings are given but task is {self.task.value!r}; set task: distill "
                              "or remove them")
+        continual = [k for k, on in (("train.init_adapter", self.train.init_adapter), ("train.ewc", self.train.ewc),
+                                      ("train.save_fisher_samples", self.train.save_fisher_samples)) if on]
+        if continual and self.spec is None:
+            raise ValueError(f"{continual[0]}: needs an adapter method; method full trains no adapter")
+        ewc_start = self.train.ewc and str(Path(self.train.ewc.run) / "adapter")
+        if ewc_start and self.train.init_adapter and Path(self.train.init_adapter) != Path(ewc_start):
+            raise ValueError(f"train.init_adapter: EWC continues the adapter of train.ewc.from ({ewc_start}); "
+                             "remove train.init_adapter or make it that adapter")
         if self.train.distributed == "fsdp" and self.model.quantization:
             raise ValueError("train.distributed: fsdp: a quantized base lives in buffers, which FSDP does not shard; "
                              "use train.distributed: ddp (or auto)")
@@ -201,6 +230,13 @@ class _RunChecks(_Section):
     @property
     def out(self) -> Path:
         return Path(self.output_dir)
+
+    @property
+    def start_adapter(self) -> Optional[Path]:
+        """The adapter the run starts from: `train.init_adapter`, or EWC's earlier run's adapter (None: fresh)."""
+        if self.train.init_adapter:
+            return Path(self.train.init_adapter).expanduser()
+        return Path(self.train.ewc.run).expanduser() / "adapter" if self.train.ewc else None
 
 
 def _method_help() -> str:

@@ -26,14 +26,15 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_write_text, check_output_dir
 from ..io import save_adapter
-from ..tuners.base import NO_HOOKS, TrainingHooks
-from . import checkpoint, distributed
+from ..data.batching import collate_padded
+from ..tuners.base import NO_HOOKS, HookChain, TrainingHooks
+from . import checkpoint, continual, distributed
 from .config import RunConfig, Task
 from .evaluate import EvalResult, score
-from .losses import count_targets
+from .losses import causal_lm_loss_sum, count_targets
 from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
-from .prepare import Prepared, prepare
+from .prepare import LOSSES, Prepared, prepare
 from .schedule import build_scheduler
 
 
@@ -104,6 +105,9 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
     replica = distributed.Replica(model, run.loss_sum, ctx, distributed.choose_strategy(config, model, ctx, hooks))
     if main and ctx.launched and not quiet:
         tqdm.write(f"torchrun: {ctx.world} processes ({ctx.device.type}), {replica.strategy}")
+    if tc.save_fisher_samples and replica.strategy == "fsdp":
+        raise distributed.DistributedSetupError("train.save_fisher_samples: the Fisher is computed on whole "
+                                                "parameters, not FSDP shards; use train.distributed: ddp")
     params = [p for p in model.parameters() if p.requires_grad]  # after sharding: FSDP's parameters
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
@@ -179,7 +183,7 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         bar.update(1)
         if main and (step % tc.log_every == 0 or step == total):
             log.write({"split": "train", "step": step, "loss": loss_total, "lr": lr, "targets": n_targets,
-                       "tokens_per_s": tokens_seen / elapsed, "elapsed_s": round(elapsed, 3)})
+                       "tokens_per_s": tokens_seen / elapsed, "elapsed_s": round(elapsed, 3), **hooks.metrics()})
 
         last_step = step == total
         if run.eval_batches is not None and ((tc.eval_every and step % tc.eval_every == 0) or last_step):
@@ -212,6 +216,8 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
     with distributed.whole_state(replica, optimizer):
         if main:
             result.adapter_dir = _write_artifacts(run, config, out, hooks)
+    if main and tc.save_fisher_samples:
+        _write_fisher(run, config, log, result.steps, quiet)
     if main:
         log.close()
         plot_loss(log.rows(), out / "loss_curve.png")
@@ -281,10 +287,26 @@ def _check_finite(model, step: int, out: Path) -> None:
 
 
 def _hooks(model, config: RunConfig, total: int) -> TrainingHooks:
-    """The training hooks of the run's method (none for full fine-tuning or a method without hooks)."""
+    """The training hooks of the run's method (none for full fine-tuning or a method without hooks), then the
+    continual-learning loss terms the config asks for (EWC, O-LoRA's orthogonality)."""
     spec = config.spec
     hooks = spec.hooks(model, "default", total) if spec is not None and spec.hooks is not None else None
-    return hooks or NO_HOOKS
+    chain = [h for h in (hooks, *continual.hooks(model, config)) if h is not None]
+    return chain[0] if len(chain) == 1 else HookChain(chain) if chain else NO_HOOKS
+
+
+def _write_fisher(run: Prepared, config: RunConfig, log: MetricsLog, step: int, quiet: bool) -> None:
+    """`train.save_fisher_samples`: the adapter's diagonal Fisher over that many training rows (continual.py),
+    with the log-likelihood of the targets (distillation too: its data's targets, not the teacher's)."""
+    samples = min(config.train.save_fisher_samples, len(run.train_examples))
+    pad = run.tokenizer.pad_token_id
+    fisher = continual.fisher_diagonal(run.model, LOSSES.get(config.task, causal_lm_loss_sum), run.train_examples,
+                                       lambda rows: collate_padded(rows, pad), samples, config.train.seed)
+    path = continual.save_fisher(fisher, config.out, samples)
+    log.write({"split": "fisher", "step": step, "samples": samples,
+               "mean": float(sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values()))})
+    if not quiet:
+        tqdm.write(f"fisher: {samples} rows -> {path}")
 
 
 def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: TrainingHooks,

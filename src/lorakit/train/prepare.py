@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
 from ..models import load_causal_lm, load_classifier
 from .config import RunConfig, Task
+from .continual import check_inputs, load_start
 from .distill import build_distiller, check_teacher
 from .losses import causal_lm_loss_sum, classification_loss_sum
 
@@ -56,6 +57,7 @@ class Prepared:
     stats: dict = field(default_factory=dict)
     labels: Optional[list] = None
     aux: Optional[nn.Module] = None  # what the loss trains besides the model (distillation's projections)
+    train_examples: list = field(default_factory=list)  # the encoded training rows (no replay rows)
 
 
 def data_path(value: str, key: str) -> Path:
@@ -232,9 +234,11 @@ def prepare(config: RunConfig, data: Optional[Data] = None) -> Prepared:
     data = data or load_data(config)
     if config.task is Task.DISTILL:
         check_teacher(config.distill.teacher)  # a wrong path fails before any model loads
+    check_inputs(config)  # earlier adapters, runs and Fisher files, before any model loads
     torch.manual_seed(config.train.seed)
     model, tokenizer = load_model(config, data.labels)
     attach_method(model, config)
+    load_start(model, config)  # train.init_adapter / train.ewc.from: continue that adapter
     loss_sum, aux = LOSSES.get(config.task), None
     if config.task is Task.DISTILL:
         loss_sum = aux = build_distiller(config.distill, model, tokenizer)
@@ -246,5 +250,6 @@ def prepare(config: RunConfig, data: Optional[Data] = None) -> Prepared:
         train_batches=train_batches(config, train, pad),
         eval_batches=batches(config, evals[: config.eval.max_samples], pad, 0, for_eval=True) if evals else None,
         eval_conversations=conversations, loss_sum=loss_sum, stats=stats, labels=data.labels, aux=aux,
+        train_examples=[e for part in train[: len(data.parts)] for e in part],
     )
 

@@ -100,7 +100,8 @@ class TrainingHooks:
         hooks.after_step(model, step)                        # step = 1, 2, ...; grads still present
         optimizer.zero_grad()
     and `save(model, dir)` / `load(model, dir)` with every checkpoint; `save_options(output_dir)`
-    gives extra keyword arguments for `save_adapter` of the shipped adapter.
+    gives extra keyword arguments for `save_adapter` of the shipped adapter; `metrics()` values join
+    each train row of metrics.jsonl (e.g. a loss term's last value). `HookChain` runs several.
     """
 
     def start(self, model: nn.Module, output_dir: Path, save_adapter: Callable[[Path], object]) -> None:
@@ -121,8 +122,44 @@ class TrainingHooks:
     def save_options(self, output_dir: Path) -> dict:
         return {}
 
+    def metrics(self) -> dict:
+        return {}
+
 
 NO_HOOKS = TrainingHooks()
+
+
+class HookChain(TrainingHooks):
+    """Several hooks as one: each hook in order; the regularizers are summed, options and metrics merged."""
+
+    def __init__(self, hooks: list[TrainingHooks]):
+        self.hooks = hooks
+
+    def start(self, model: nn.Module, output_dir: Path, save_adapter: Callable[[Path], object]) -> None:
+        for h in self.hooks:
+            h.start(model, output_dir, save_adapter)
+
+    def regularizer(self, model: nn.Module) -> Optional[torch.Tensor]:
+        terms = [t for t in (h.regularizer(model) for h in self.hooks) if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        for h in self.hooks:
+            h.after_step(model, step)
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        for h in self.hooks:
+            h.save(model, directory)
+
+    def load(self, model: nn.Module, directory: Path) -> None:
+        for h in self.hooks:
+            h.load(model, directory)
+
+    def save_options(self, output_dir: Path) -> dict:
+        return {k: v for h in self.hooks for k, v in h.save_options(output_dir).items()}
+
+    def metrics(self) -> dict:
+        return {k: v for h in self.hooks for k, v in h.metrics().items()}
 
 
 @dataclass(frozen=True)
