@@ -76,8 +76,9 @@ def messages(i: int) -> list[dict]:
             {"role": "user", "content": f"Explain {TOPICS[i % len(TOPICS)]} to a curious twelve-year-old."}]
 
 
-def start_server(root: Path, base: str, port: int, threads: int) -> subprocess.Popen:
-    args = [sys.executable, "-m", "lorakit", "serve", "--model", base, "--port", str(port), "--max-batch", "32"]
+def start_server(root: Path, base: str, port: int, threads: int, cpu_weights: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "lorakit", "serve", "--model", base, "--port", str(port), "--max-batch", "32",
+            "--cpu-weights", cpu_weights]
     for name in ADAPTERS:
         args += ["--adapter", f"{name}={root / name}"]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}
@@ -174,6 +175,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 round, 32 tokens, 1 request per client")
     parser.add_argument("--no-peft", action="store_true")
+    parser.add_argument("--cpu-weights", choices=["packed", "plain"], default="packed",
+                        help="lorakit serve --cpu-weights (packed: the server's default)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.max_tokens, args.requests = 1, 32, 1
@@ -185,7 +188,7 @@ def main() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = start_server(root, args.model, port, args.threads)
+        server = start_server(root, args.model, port, args.threads, args.cpu_weights)
         url = f"http://127.0.0.1:{port}"
         try:
             peft_model = None if args.no_peft else PeftBaseline(root, args.model)
@@ -223,7 +226,7 @@ def report(rounds: dict[str, list[dict]], args) -> None:
            for name, runs in rounds.items()}
     base = rounds["one-at-a-time"]
     print(f"\n{args.model} fp32, 8 adapters r=16 all-linear, greedy, up to {args.max_tokens} new tokens, "
-          f"{args.threads} threads, {args.rounds} round(s)\n")
+          f"{args.threads} threads, --cpu-weights {args.cpu_weights}, {args.rounds} round(s)\n")
     print("| scenario | tok/s | vs one-at-a-time | TTFT p50 | TTFT p95 | latency p50 | latency p95 |")
     print("|---|---|---|---|---|---|---|")
     for name, m in med.items():

@@ -25,6 +25,7 @@ ROWS = [
     Cli("serve-max-waiting-negative", [*SERVE, "--max-waiting", "-1"], ["--max-waiting", "-1"]),
     Cli("serve-max-loaded-adapters-zero", [*SERVE, "--max-loaded-adapters", "0"], ["--max-loaded-adapters", "0"]),
     Cli("serve-quantization-unknown", [*SERVE, "--quantization", "nf5"], ["--quantization", "nf5"]),
+    Cli("serve-cpu-weights-unknown", [*SERVE, "--cpu-weights", "blocked"], ["--cpu-weights", "blocked"]),
 ]
 
 

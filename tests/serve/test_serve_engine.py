@@ -11,6 +11,7 @@ import lorakit
 from helpers import randomize_lora_b, tiny_llama
 from lorakit.serve.engine import Engine, Event, QueueFull, Request, SamplingParams, _held_back
 from lorakit.serve.kv import BatchCache
+from lorakit.serve.packed import pack_linears
 from lorakit.tuners.lora import ModulesToSave
 
 
@@ -98,17 +99,20 @@ class Collector:
         return put
 
 
-@pytest.mark.parametrize("kind", ["fp32", "nf4"])
+@pytest.mark.parametrize("kind", ["fp32", "nf4", "fp32-packed"])
 def test_rows_joining_a_busy_mixed_batch_decode_as_if_alone(kind):
     """18 requests over plain LoRA adapters, the base, DoRA, VeRA and modules_to_save, arriving while others
-    run, with different prompt lengths and limits: each one's tokens equal greedy decoding alone."""
-    model = _model(kind)
+    run, with different prompt lengths and limits: each one's tokens equal greedy decoding alone (the
+    oracle always with plain linear weights; `fp32-packed` serves with prepacked ones)."""
+    model = _model(kind.removesuffix("-packed"))
     g = torch.Generator().manual_seed(1)
     names = [None, "a", "b", "c", "dora", "saved", "vera"]
     stop = 7
     jobs = [(names[i % 7], torch.randint(8, 64, (3 + 5 * (i % 4),), generator=g).tolist(), 6 + 4 * (i % 3))
             for i in range(18)]
     expected = [_greedy_alone(model, *job, stop) for job in jobs]
+    if kind.endswith("-packed"):
+        assert pack_linears(model) > 0
     engine = Engine(model, CharTokenizer(), max_batch=8, max_model_len=128).start()
     got = Collector(len(jobs))
     tokens = [None] * len(jobs)

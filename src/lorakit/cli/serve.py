@@ -18,6 +18,7 @@ EPILOG = """examples:
 
 def cmd_serve(args) -> int:
     from ..serve.launch import ServeOptions, parse_adapter_specs, serve
+    from ..serve.packed import CpuWeights
     from .ui import need_serve_extra
 
     need_serve_extra("serve")
@@ -30,7 +31,7 @@ def cmd_serve(args) -> int:
         model=args.model, adapters=parse_adapter_specs(args.adapter), adapter_dir=args.adapter_dir,
         host=args.host, port=args.port, api_key=args.api_key, quantization=args.quantization,
         max_batch=args.max_batch, max_model_len=args.max_model_len, max_loaded_adapters=args.max_loaded_adapters,
-        max_waiting=args.max_waiting, router=args.router,
+        max_waiting=args.max_waiting, router=args.router, cpu_weights=CpuWeights(args.cpu_weights),
     )
     return serve(options, extend)
 
@@ -89,6 +90,9 @@ def register(sub, parent) -> None:
     p.add_argument("--router", metavar="DIR",
                    help="a router (lorakit router build): its tasks' adapters are served under the task names and "
                         "requests for model \"auto\" go to the adapter the router picks for their prompt")
+    p.add_argument("--cpu-weights", choices=["packed", "plain"], default="packed",
+                   help="on a CPU, keep a prepacked copy of the fp32 linear weights for decode steps (faster at "
+                        "every batch size measured, one more copy of those weights in memory) or not (default packed)")
     p.add_argument("--ui", action="store_true", help="also serve the web dashboard at /ui/ (see lorakit ui)")
     from .ui import dashboard_args
 

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from ..errors import InputError
 from ..io import CONFIG_NAME, WEIGHTS_NAME, read_base_quantization, read_config
+from .packed import CpuWeights, pack_linears
 
 DEFAULT_MAX_MODEL_LEN = 4096
 
@@ -31,6 +32,7 @@ class ServeOptions:
     max_waiting: int = 256
     drain_timeout: float = 30.0
     router: Optional[str] = None  # a TaskRouter dir: its tasks' adapters are served, model "auto" is routed
+    cpu_weights: CpuWeights = CpuWeights.PACKED  # on a CPU: prepacked linear weights for decode steps (packed.py)
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
@@ -141,6 +143,8 @@ def build_app(options: ServeOptions):
                 registry.add(model, name, path, in_use=set())
             else:
                 registry.register_unloaded(name, path)
+        if options.cpu_weights is CpuWeights.PACKED:
+            pack_linears(model)  # CPU fp32 linears only; a no-op elsewhere
         engine = Engine(model, tokenizer, max_batch=options.max_batch, max_model_len=max_len,
                         max_waiting=options.max_waiting,
                         ensure_adapter=lambda name, in_use: registry.ensure(model, name, in_use))
