@@ -170,14 +170,18 @@ def base_answers(trained, prompts: list[str], max_new_tokens: int, batch_size: i
 
 
 def base_fingerprint(trained, prompts: list[str], max_new_tokens: int) -> str:
-    """A key for the base's answers: its name, config, module types (a quantized base differs), a sample of
-    its embedding weights, the chat template, the prompts and the generation length."""
+    """A key for the base's answers: its name, config, module types without the adapters' (a quantized base
+    differs; any adapter on the same base shares the key), a sample of its embedding weights, the chat
+    template, the prompts and the generation length."""
     import torch
 
     model = trained.model
     digest = hashlib.sha256()
     config = model.config.to_json_string(use_diff=False) if hasattr(model, "config") else ""
-    kinds = sorted({type(m).__name__ for m in model.modules()})
+    from ..state import holders
+
+    adapter_parts = {id(m) for _, h in holders(model) for m in (h, *getattr(h, "adapters", h).modules())}
+    kinds = sorted({type(m).__name__ for m in model.modules() if id(m) not in adapter_parts})  # the base's own
     for part in (str(trained.base), config, ",".join(kinds), str(getattr(trained.tokenizer, "chat_template", "")),
                  json.dumps(prompts), str(max_new_tokens)):
         digest.update(part.encode() + b"\0")
