@@ -177,16 +177,18 @@ def normalize_records(records: list[Record], fmt: str | None = None, source: str
                             f"expected one of {', '.join(FORMATS)} (pass format=...)")
     if fmt not in FORMATS:
         raise DataError(f"{source}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    kind, norm = FORMATS[fmt]
-    rows = []
-    for rec in records:
-        if not isinstance(rec.row, dict):
-            raise DataError(f"{rec.where}: expected an object, got {type(rec.row).__name__}")
-        try:
-            rows.append(norm(rec.row))
-        except _RowError as e:
-            raise DataError(f"{rec.where}: {e}") from None
-    return Dataset(source=source, format=fmt, kind=kind, rows=rows)
+    return Dataset(source=source, format=fmt, kind=FORMATS[fmt][0], rows=[normalize_record(r, fmt) for r in records])
+
+
+def normalize_record(record: Record, fmt: str) -> Any:
+    """One record validated and normalised as ``fmt`` (a key of FORMATS); DataError names its location.
+    The check every loader runs on every row (`lorakit data check` reports all of them, not the first)."""
+    if not isinstance(record.row, dict):
+        raise DataError(f"{record.where}: expected an object, got {type(record.row).__name__}")
+    try:
+        return FORMATS[fmt][1](record.row)
+    except _RowError as e:
+        raise DataError(f"{record.where}: {e}") from None
 
 
 def empty_targets(dataset: Dataset) -> int:

@@ -40,7 +40,8 @@ class Record:
 _JSON_CELLS = ("messages", "conversations", "history")
 
 
-def _read_jsonl(path: Path) -> list[Record]:
+def _read_jsonl(path: Path, bad_lines: list[DataError] | None = None) -> list[Record]:
+    """Every line's record; an invalid line raises, or is appended to `bad_lines` when that is a list."""
     out = []
     lines = read_text(path, DataError).replace("\r\n", "\n").replace("\r", "\n").split("\n")
     for lineno, line in enumerate(lines, start=1):
@@ -49,7 +50,10 @@ def _read_jsonl(path: Path) -> list[Record]:
         try:
             out.append(Record(f"{path}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+            error = DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})")
+            if bad_lines is None:
+                raise error from None
+            bad_lines.append(error)
     return out
 
 
@@ -114,8 +118,11 @@ READERS: dict[str, Callable[[Path], list[Record]]] = {
 }
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Read every record of ``path``; raises DataError for a missing/empty file, bad extension or bad JSON."""
+def read_records(path: str | Path, bad_lines: list[DataError] | None = None) -> list[Record]:
+    """Read every record of ``path``; raises DataError for a missing/empty file, bad extension or bad JSON.
+
+    With a list as ``bad_lines``, a JSONL line that is not valid JSON is appended there as its DataError
+    and reading goes on (what `lorakit data check` needs to report every bad line at once)."""
     path = Path(path)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
@@ -124,7 +131,44 @@ def read_records(path: str | Path) -> list[Record]:
         raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    records = reader(path)
-    if not records:
+    records = _read_jsonl(path, bad_lines) if reader is _read_jsonl and bad_lines is not None else reader(path)
+    if not records and not bad_lines:
         raise DataError(f"{path}: empty file (no records)")
     return records
+
+
+WRITE_SUFFIXES = (".jsonl", ".json")
+
+
+def check_output_file(path: str | Path, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
+                      what: str = "output") -> Path:
+    """A data file about to be written: a .jsonl/.json path that is not one of `inputs`, not a directory, and
+    (unless `overwrite`) does not exist yet. Creates nothing; raises DataError."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise DataError(f"{what} {path}: unknown extension {path.suffix!r}; expected one of {', '.join(WRITE_SUFFIXES)}")
+    if path.is_dir():
+        raise DataError(f"{what} {path}: is a directory, not a data file")
+    if any(path.resolve() == Path(i).expanduser().resolve() for i in inputs):
+        raise DataError(f"{what} {path}: is the input file; write the output elsewhere")
+    if path.exists() and not overwrite:
+        raise DataError(f"{what} {path}: exists (pass --overwrite to replace it)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{what} {path}: {parent} is a file, not a directory")
+            break
+    return path
+
+
+def write_records(path: str | Path, rows: list[Any]) -> Path:
+    """Write rows (JSON objects) atomically: one per line for .jsonl, one array for .json (UTF-8, not ASCII-escaped)."""
+    from ..files import atomic_write_text
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = json.dumps(rows, ensure_ascii=False, indent=1) + "\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_text(path, text)
+    return path
