@@ -137,6 +137,13 @@ class PeftFormatConfig(StrictConfig):
 
     PEFT_TYPE: ClassVar[str] = "LORA"
     PEFT_EXTRAS: ClassVar[dict] = {}
+    TRAINER_ONLY: ClassVar[frozenset] = frozenset()
+    """Fields that shape a training run but not the adapter: never written to adapter_config.json."""
+
+    @property
+    def stacked_on(self) -> list[str]:
+        """Adapter dirs applied frozen under this adapter while it trains (progressive LoRA); [] for most."""
+        return []
 
     @classmethod
     def from_peft_dict(cls, data: dict[str, Any], source: str = "adapter_config.json"):
@@ -182,7 +189,7 @@ class PeftFormatConfig(StrictConfig):
 
     def to_peft_dict(self) -> dict[str, Any]:
         """The adapter_config.json contents peft expects for this method."""
-        out = self.model_dump()
+        out = self.model_dump(exclude=set(self.TRAINER_ONLY))
         out.update(self.PEFT_EXTRAS, peft_type=self.PEFT_TYPE, inference_mode=True)
         if isinstance(out.get("target_modules"), list):
             out["target_modules"] = sorted(set(out["target_modules"]))
@@ -194,6 +201,7 @@ class LoraConfig(PeftFormatConfig):
 
     PEFT_EXTRAS: ClassVar[dict] = {"lora_bias": False, "layer_replication": None, "loftq_config": {},
                                    "megatron_config": None, "megatron_core": "megatron.core", "revision": None}
+    TRAINER_ONLY: ClassVar[frozenset] = frozenset({"progressive_from", "orthogonal_lambda"})
 
     r: int = Field(8, gt=0, description="Rank of the update B·A.")
     lora_alpha: float = Field(
@@ -229,6 +237,17 @@ class LoraConfig(PeftFormatConfig):
     task_type: str | None = Field(None, description="peft task type, e.g. CAUSAL_LM or SEQ_CLS.")
     base_model_name_or_path: str | None = Field(None, description="Where the base model came from.")
     inference_mode: bool = Field(False, description="Written by peft; adapters load frozen unless is_trainable.")
+    progressive_from: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Trainer only (progressive LoRA): earlier plain LoRA adapter dirs loaded "
+        "frozen and applied under the new adapter (base + each update + the new one's); only the new one is "
+        "saved. Not written to adapter_config.json.")
+    orthogonal_lambda: float = Field(
+        0.0, ge=0, description="Trainer only (O-LoRA, with progressive_from): λ of λ · Σ_layers Σ_earlier "
+        "||A_new A_earlierᵀ||² in the loss (logged as orthogonal_penalty); 0: off.")
+
+    @property
+    def stacked_on(self) -> list[str]:
+        return self.progressive_from
 
     @field_validator("rank_pattern", "alpha_pattern")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from .files import read_json
 from .io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, read_base_quantization, read_config,
                  read_weights)
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
+from .state import set_adapter
 from .train.config import Task
 
 LABELS_NAME = "labels.json"
@@ -37,9 +38,18 @@ class Trained:
     adapter_dir: Optional[Path] = None
 
 
-def load_trained(path: str | Path, base: Optional[str] = None, allow_pickle: bool = False) -> Trained:
+def load_trained(path: str | Path | Sequence[str | Path], base: Optional[str] = None,
+                 allow_pickle: bool = False) -> Trained:
     """An adapter directory (base loaded and adapted) or a plain model: a merged or local HF directory,
-    a .gguf file or an embedded default name. `allow_pickle`: see `lorakit.io.read_weights`."""
+    a .gguf file or an embedded default name. `allow_pickle`: see `lorakit.io.read_weights`.
+
+    A list of adapter directories applies them together, stacked (plain LoRA only: base + each
+    update), e.g. progressive LoRA's earlier adapters and the one trained on top of them; the base
+    is the last one's, `adapter_dir` the last one."""
+    if isinstance(path, (list, tuple)):
+        if len(path) > 1:
+            return _load_stack([Path(p).expanduser() for p in path], base, allow_pickle)
+        (path,) = path
     if (Path(path).expanduser() / CONFIG_NAME).is_file():
         return _load_adapter_dir(Path(path).expanduser(), base, allow_pickle)
     return _load_model(str(path))
@@ -82,6 +92,33 @@ def _load_adapter_dir(path: Path, base: Optional[str], allow_pickle: bool = Fals
         task = Task.SFT
     attach_adapter(model, config, weights, path / WEIGHTS_NAME)
     return Trained(model.eval(), tokenizer, task, base, labels, path)
+
+
+STACKED = "stacked_{}"
+"""`load_trained` with several adapter dirs: the names of all but the last (which is "default")."""
+
+
+def _load_stack(paths: list[Path], base: Optional[str], allow_pickle: bool) -> Trained:
+    """Every file read and checked first; the last adapter loads with its base, then the others join it."""
+    earlier = []
+    for path in paths[:-1]:
+        if not (path / CONFIG_NAME).is_file():
+            raise AdapterFormatError(f"--adapter {path}: not an adapter directory (no {CONFIG_NAME})")
+        earlier.append((path, read_config(path), read_weights(path, allow_pickle)))
+    trained = _load_adapter_dir(paths[-1], base, allow_pickle)
+    names = []
+    for i, (path, config, weights) in enumerate(earlier):
+        try:
+            attach_adapter(trained.model, config, weights, path / WEIGHTS_NAME, STACKED.format(i))
+        except InputError as e:
+            raise AdapterFormatError(f"--adapter {path}: {e}") from None
+        names.append(STACKED.format(i))
+    try:
+        set_adapter(trained.model, [*names, "default"])
+    except NotImplementedError as e:
+        raise InputError(f"--adapter: {e}") from None
+    trained.model.eval()
+    return trained
 
 
 def _load_model(name: str) -> Trained:

@@ -8,7 +8,7 @@ method, through the holder protocol of `tuners/base.py` (holders are found by ty
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from torch import nn
 
@@ -40,7 +40,8 @@ def list_adapters(model: nn.Module) -> list[str]:
     return list(adapter_configs(model))
 
 
-def active_adapter(model: nn.Module) -> Optional[str]:
+def active_adapter(model: nn.Module) -> Union[str, tuple[str, ...], None]:
+    """The active adapter's name (a tuple of names when several are applied together)."""
     return model.__dict__.get("lorakit_active")
 
 
@@ -49,12 +50,22 @@ def check_name(model: nn.Module, name: Optional[str]) -> None:
         raise UnknownAdapterError(f"no adapter named {name!r}; adapters on this model: {list_adapters(model)}")
 
 
-def set_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Make `adapter_name` the active adapter on every module that has it (others run as the base)."""
-    check_name(model, adapter_name)
+def set_adapter(model: nn.Module, adapter_name: Union[str, Sequence[str]]) -> None:
+    """Make `adapter_name` the active adapter on every module that has it (others run as the base).
+
+    A list of names applies those adapters together, each where it is (plain LoRA only: a layer
+    computes base(x) + Σ of the updates of the named adapters it holds): how earlier adapters of
+    progressive LoRA stay applied under the one being trained, and how `lorakit generate --adapter A
+    --adapter B` stacks them."""
+    names = (adapter_name,) if isinstance(adapter_name, str) else tuple(dict.fromkeys(adapter_name))
+    if not names:
+        raise UnknownAdapterError(f"set_adapter: no adapter named; adapters on this model: {list_adapters(model)}")
+    for name in names:
+        check_name(model, name)
     for _, holder in holders(model):
-        holder.set_active(adapter_name if adapter_name in holder.adapters else None)
-    model.__dict__["lorakit_active"] = adapter_name
+        here = tuple(n for n in names if n in holder.adapters)
+        holder.set_active(here[0] if len(here) == 1 else here or None)
+    model.__dict__["lorakit_active"] = names[0] if len(names) == 1 else names
 
 
 def forget(model: nn.Module) -> None:
@@ -91,7 +102,12 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if len(holder.adapters) == 0:
             replace_module(model, name, holder.unwrap(keep_trained=False))
     del adapter_configs(model)[adapter_name]
-    if active_adapter(model) == adapter_name:
+    active = active_adapter(model)
+    if isinstance(active, tuple) and adapter_name in active:
+        rest = [n for n in active if n != adapter_name]
+        model.__dict__["lorakit_active"] = None
+        set_adapter(model, rest)
+    elif active == adapter_name:
         remaining = list_adapters(model)
         model.__dict__["lorakit_active"] = None
         if remaining:

@@ -1,5 +1,7 @@
 """Bad continual / multi-task training configs (`lorakit train`): data mixing, replay, EWC, progressive LoRA.
 Each is refused before training with one line naming the key."""
+import json
+
 import pytest
 
 from bad_inputs.harness import Cli, check_cli, table
@@ -88,4 +90,43 @@ ROWS = [
 
 @pytest.mark.parametrize("row", table(ROWS))
 def test_continual_config_bad_input(row, env, capsys):
+    check_cli(row, env, capsys)
+
+
+def earlier(id, names, config=None, changes=None):
+    """lora.progressive_from: [{tmp}/adapter], a copy of the shared adapter (`config` updates its config)."""
+    def setup(env):
+        env.adapter_copy(config=config)
+        env.config({"lora": {"progressive_from": ["{tmp}/adapter"]}, **(changes or {})})
+    return Cli(id, ["train", CFG], names, setup=setup)
+
+
+PROGRESSIVE_ROWS = [
+    at_start("progressive-missing", {"lora": {"progressive_from": ["{tmp}/nope"]}}, "lora.progressive_from.0",
+             "{tmp}/nope"),
+    bad("progressive-not-list", {"lora": {"progressive_from": 3}}, "lora.progressive_from"),
+    bad("progressive-empty-name", {"lora": {"progressive_from": [""]}}, "lora.progressive_from.0"),
+    bad("orthogonal-without-progressive", {"lora": {"orthogonal_lambda": 0.1}}, "lora.orthogonal_lambda",
+        "progressive_from"),
+    bad("orthogonal-negative", {"lora": {"orthogonal_lambda": -1}}, "lora.orthogonal_lambda"),
+    bad("progressive-with-dora", {"lora": {"progressive_from": ["{adapter}"], "use_dora": True}},
+        "lora.progressive_from", "use_dora"),
+    bad("progressive-full", {"method": "full", "lora": {"progressive_from": ["{adapter}"]}},
+        "lora.progressive_from", "adapter method"),
+    earlier("progressive-dora-adapter", ["lora.progressive_from.0", "DoRA"], config={"use_dora": True}),
+    Cli("progressive-not-lora", ["train", CFG], ["lora.progressive_from.0", "IA3"], setup=lambda env: (
+        env.adapter_copy(), env.write("adapter/adapter_config.json", json.dumps(
+            {"peft_type": "IA3", "target_modules": ["k_proj"], "feedforward_modules": []})),
+        env.config({"lora": {"progressive_from": ["{tmp}/adapter"]}}))),
+    Cli("generate-stack-missing", ["generate", "--adapter", "{adapter}", "--adapter", "{tmp}/nope", "hi"],
+        ["--adapter", "{tmp}/nope"]),
+    Cli("generate-stack-dora", ["generate", "--adapter", "{tmp}/adapter", "--adapter", "{adapter}", "hi"],
+        ["--adapter", "{tmp}/adapter"], setup=lambda env: env.adapter_copy(config={"use_dora": True})),
+    earlier("progressive-other-model", ["lora.progressive_from.0", "o_proj"],
+            config={"target_modules": ["o_proj_x"]}),
+]
+
+
+@pytest.mark.parametrize("row", table(PROGRESSIVE_ROWS))
+def test_progressive_config_bad_input(row, env, capsys):
     check_cli(row, env, capsys)

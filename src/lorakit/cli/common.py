@@ -55,7 +55,10 @@ def config_epilog() -> str:
 def model_args(p: argparse.ArgumentParser, required: bool = True):
     """--adapter DIR | --model NAME, and --base (the base of --adapter); returns the exclusive group."""
     which = p.add_mutually_exclusive_group(required=required)
-    which.add_argument("--adapter", help="adapter directory (its base comes from adapter_config.json)")
+    which.add_argument("--adapter", action="append", metavar="DIR",
+                       help="adapter directory (its base comes from adapter_config.json); repeat it to apply "
+                            "several plain LoRA adapters together (base + each update: progressive LoRA's "
+                            "earlier adapters and the one trained on top; the base is the last one's)")
     which.add_argument("--model", help="model: a merged model dir, a local HF dir, a .gguf file or an embedded name")
     p.add_argument("--base", help="base model for --adapter, overriding base_model_name_or_path")
     allow_pickle_arg(p)
@@ -85,6 +88,7 @@ def load_trained_from_args(args):
         if args.base:
             raise InputError("--base goes with --adapter; --model is loaded as it is")
         return load_trained(args.model)
-    if not (Path(args.adapter).expanduser() / CONFIG_NAME).is_file():
-        raise AdapterFormatError(f"--adapter {args.adapter}: not an adapter directory (no {CONFIG_NAME})")
+    for adapter in args.adapter:
+        if not (Path(adapter).expanduser() / CONFIG_NAME).is_file():
+            raise AdapterFormatError(f"--adapter {adapter}: not an adapter directory (no {CONFIG_NAME})")
     return load_trained(args.adapter, base=args.base, allow_pickle=args.allow_pickle)

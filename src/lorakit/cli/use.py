@@ -32,7 +32,8 @@ def cmd_eval(args) -> int:
                           batch_size=args.batch_size, max_samples=args.max_samples,
                           probe_max_new_tokens=args.probe_max_new_tokens)
     rows, written = evaluate_and_record(lambda: load_trained_from_args(args), args.data, args.probe, options,
-                                        config=args.config, out=args.out, adapter=args.adapter, format=args.format)
+                                        config=args.config, out=args.out, adapter=args.adapter[-1] if args.adapter else None,
+                                        format=args.format)
     if args.json:
         print("\n".join(json.dumps(r) for r in rows))
     else:
@@ -104,7 +105,8 @@ def cmd_chat(args) -> int:
 
     trained = load_trained_from_args(args)
     if trained.task is not Task.SFT:
-        raise InputError(f"{args.adapter or args.model}: a classifier cannot chat; use lorakit generate")
+        raise InputError(f"{args.adapter[-1] if args.adapter else args.model}: a classifier cannot chat; "
+                         "use lorakit generate")
     print(f"chatting with {trained.adapter_dir or trained.base} — empty line or Ctrl-D to quit, /reset to start over")
     history: list[dict] = []
     while True:

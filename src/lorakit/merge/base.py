@@ -32,10 +32,11 @@ def merge(model: nn.Module, adapter_name: Optional[str] = None, safe_merge: bool
     _has_adapters(model, "merge")
     if adapter_name is not None:
         set_adapter(model, adapter_name)
-    name = active_adapter(model)
-    if name is not None and methods.for_config(adapter_configs(model)[name]).kind is Kind.VIRTUAL_TOKENS:
-        raise UnsupportedOperation(f"adapter {name!r} adds virtual tokens: it has no weight update to merge; "
-                                   "use it as an adapter")
+    active = active_adapter(model)
+    for name in active if isinstance(active, tuple) else (active,):  # (several: stacked, merged together)
+        if name is not None and methods.for_config(adapter_configs(model)[name]).kind is Kind.VIRTUAL_TOKENS:
+            raise UnsupportedOperation(f"adapter {name!r} adds virtual tokens: it has no weight update to merge; "
+                                       "use it as an adapter")
     for _, holder in holders(model):
         holder.merge(safe=safe_merge)
     return model

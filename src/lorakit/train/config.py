@@ -200,6 +200,8 @@ class _RunChecks(_Section):
                              "or remove them")
         continual = [k for k, on in (("train.init_adapter", self.train.init_adapter), ("train.ewc", self.train.ewc),
                                       ("train.save_fisher_samples", self.train.save_fisher_samples)) if on]
+        if self.spec is None and self.adapter.stacked_on:
+            continual.append(f"{DEFAULT_METHOD}.progressive_from")
         if continual and self.spec is None:
             raise ValueError(f"{continual[0]}: needs an adapter method; method full trains no adapter")
         ewc_start = self.train.ewc and str(Path(self.train.ewc.run) / "adapter")

@@ -17,7 +17,14 @@ optimizer step (a `TrainingHooks.regularizer`, logged as `ewc_penalty` in metric
 RUN_DIR's own Fisher: for a chain A → B → C, C's penalty protects B's solution (which started
 from A's).
 
-Progressive LoRA (`lora.progressive_from: [ADAPTER_DIR, ...]`): see `attach_progressive`.
+Progressive LoRA (`lora.progressive_from: [ADAPTER_DIR, ...]`): the earlier adapters are loaded
+frozen, as the named adapters `progressive_0`, `progressive_1`, ... of the same layer wrappers, and
+applied together with the new one (`set_adapter(model, [...all of them])`, `tuners.layers.AdapterStack`):
+each layer computes base(x) + Σ earlier updates + the new update. They apply without dropout (they do
+not train). Only the new adapter trains, sits in checkpoints and is saved (`output_dir/adapter`); at
+inference the stack is loaded again by naming every adapter: `lorakit generate --adapter EARLIER ...
+--adapter NEW` (`inference.load_trained` with a list of dirs). `lora.orthogonal_lambda` adds O-LoRA's
+penalty (`tuners.lora.OrthogonalityPenalty`, the LoRA method's training hook).
 """
 from __future__ import annotations
 
@@ -30,7 +37,9 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import atomic_write
-from ..io import AdapterFormatError, adapter_tensors, copy_weights, read_config, read_weights
+from ..io import (WEIGHTS_NAME, AdapterFormatError, adapter_tensors, attach_adapter, copy_weights, read_config,
+                  read_weights)
+from ..state import set_adapter
 from ..io.shards import check_safetensors
 from ..tuners.base import TrainingHooks
 from .config import RunConfig
@@ -39,6 +48,8 @@ FISHER_NAME = "fisher.safetensors"
 """In a run's output_dir: the diagonal Fisher of its adapter (`train.save_fisher_samples`)."""
 ADAPTER = "default"
 """The name of the adapter a run trains."""
+PROGRESSIVE = "progressive_{}"
+"""The names of progressive LoRA's earlier adapters on the model, by position in `progressive_from`."""
 
 
 class ContinualInputError(InputError):
@@ -61,13 +72,43 @@ def check_inputs(config: RunConfig) -> None:
         check_safetensors(fisher, ContinualInputError)
 
 
-def _check_adapter(path: Path, key: str) -> None:
+    for i, directory in enumerate(config.adapter.stacked_on if config.spec is not None else []):
+        key = f"{config.method}.progressive_from.{i}"
+        earlier = _check_adapter(Path(directory).expanduser(), key)
+        if type(earlier) is not type(config.adapter) or earlier.use_dora:
+            raise ContinualInputError(f"{key}: {directory}: a {earlier.PEFT_TYPE}{' DoRA' if getattr(earlier, 'use_dora', False) else ''} "
+                                      "adapter; progressive LoRA stacks plain LoRA adapters")
+
+
+def _check_adapter(path: Path, key: str):
     if not path.is_dir():
         raise ContinualInputError(f"{key}: {path}: not an adapter directory")
     try:
-        read_config(path)
+        return read_config(path)
     except AdapterFormatError as e:
         raise ContinualInputError(f"{key}: {e}") from None
+
+
+def attach_progressive(model: nn.Module, config: RunConfig) -> list[str]:
+    """Load `progressive_from`'s adapters frozen (no dropout) as `progressive_0`, ...; returns their names.
+    Called before the run's own adapter is added; `stack_progressive` then applies them all together."""
+    names = []
+    for i, directory in enumerate(config.adapter.stacked_on if config.spec is not None else []):
+        key, path = f"{config.method}.progressive_from.{i}", Path(directory).expanduser()
+        try:
+            earlier = read_config(path)
+            frozen = earlier.model_copy(update={"lora_dropout": 0.0})  # (checked: plain LoRA) frozen: no dropout
+            attach_adapter(model, frozen, read_weights(path), path / WEIGHTS_NAME, PROGRESSIVE.format(i))
+        except InputError as e:
+            raise ContinualInputError(f"{key}: {e}") from None
+        names.append(PROGRESSIVE.format(i))
+    return names
+
+
+def stack_progressive(model: nn.Module, earlier: list[str]) -> None:
+    """Apply the earlier adapters and the run's own together (only the run's own trains)."""
+    if earlier:
+        set_adapter(model, [*earlier, ADAPTER])
 
 
 def load_start(model: nn.Module, config: RunConfig) -> None:

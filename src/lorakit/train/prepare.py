@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
 from ..models import load_causal_lm, load_classifier
 from .config import RunConfig, Task
-from .continual import check_inputs, load_start
+from .continual import attach_progressive, check_inputs, load_start, stack_progressive
 from .distill import build_distiller, check_teacher
 from .losses import causal_lm_loss_sum, classification_loss_sum
 
@@ -161,8 +161,8 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 
 def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
-    """An adapter method: inject its adapter (a classifier's head goes to modules_to_save). Full: unfreeze
-    all. Either way, gradient checkpointing is switched on when the config asks for it."""
+    """An adapter method: inject its adapter (a classifier's head goes to modules_to_save), on top of
+    progressive LoRA's frozen earlier adapters when the config names some. Full: unfreeze all. Either way, gradient checkpointing is switched on when the config asks for it."""
     if config.model.gradient_checkpointing:
         enable_checkpointing(model)
     if config.spec is None:  # full fine-tuning
@@ -176,10 +176,13 @@ def attach_method(model: nn.Module, config: RunConfig) -> list[str]:
         update["modules_to_save"] = heads[:1] or None
     if adapter.base_model_name_or_path is None:
         update["base_model_name_or_path"] = config.model.name
+    earlier = attach_progressive(model, config)  # progressive LoRA: earlier adapters, frozen
     try:
-        return inject(model, adapter.model_copy(update=update))
+        names = inject(model, adapter.model_copy(update=update))
     except InputError as e:  # a selector naming no module of this model: say which section it is in
         raise InputError(f"{config.method}: {e}") from None
+    stack_progressive(model, earlier)
+    return names
 
 
 def encode(config: RunConfig, tokenizer, data: Data) -> tuple[list, list, dict]:

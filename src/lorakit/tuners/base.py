@@ -76,7 +76,7 @@ import copy
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -204,16 +204,33 @@ class AdapterHolder(nn.Module):
     def __init__(self):
         super().__init__()
         self.__dict__["active"] = None
-        self.merged: Optional[str] = None
+        self.merged: Union[str, tuple[str, ...], None] = None
 
     @property
-    def active_name(self) -> Optional[str]:
+    def active_name(self) -> Union[str, tuple[str, ...], None]:
+        """The active adapter's name; a tuple of names for several applied together (`stack`)."""
+        names = getattr(self.active, "names", None)
+        if names is not None:
+            return names
         return next((n for n, a in self.adapters.items() if a is self.active), None)
 
-    def set_active(self, name: Optional[str]) -> None:
+    def set_active(self, name: Union[str, tuple[str, ...], None]) -> None:
+        """Make adapter `name` active (None: none); a tuple of names applies them together (`stack`)."""
         if self.merged is not None and name != self.merged:
             raise RuntimeError(f"adapter {self.merged!r} is merged into the base; unmerge before switching")
-        self.__dict__["active"] = None if name is None else self.adapters[name]
+        self.__dict__["active"] = self.adapter_for(name)
+
+    def adapter_for(self, name: Union[str, tuple[str, ...], None]):
+        """The adapter module of `name`, or the `stack` of a tuple of names (None for None)."""
+        if name is None:
+            return None
+        if isinstance(name, tuple):
+            return self.stack(name)
+        return self.adapters[name]
+
+    def stack(self, names: tuple[str, ...]):
+        """Several adapters applied together; holders that cannot (any but the layer wrappers) refuse."""
+        raise NotImplementedError(f"{type(self).__name__} applies one adapter at a time, not {list(names)} together")
 
     def add(self, name: str, adapter: nn.Module) -> None:
         if name in self.adapters:
@@ -221,9 +238,11 @@ class AdapterHolder(nn.Module):
         self.adapters[name] = adapter
 
     def delete(self, name: str) -> None:
-        if self.merged == name:
+        merged = self.merged if isinstance(self.merged, tuple) else (self.merged,)
+        if name in merged:
             raise RuntimeError(f"adapter {name!r} is merged; unmerge before deleting it")
-        if self.active is self.adapters[name]:
+        active = self.active_name if isinstance(self.active_name, tuple) else (self.active_name,)
+        if name in active:
             self.set_active(None)
         del self.adapters[name]
 

@@ -2,6 +2,9 @@
 
     forward(x) = adapter(layer, x, base(x))        the active adapter (see tuners/base.py), or base(x)
 
+Several plain low-rank adapters can be active together (`set_adapter(model, [names])`, progressive
+LoRA): the active object is then an `AdapterStack`, which applies them in order, y + Σ_i update_i.
+
 Linear-like bases: nn.Linear (weight (out, in)), GPT-2's Conv1D (weight (in, out)), or any module
 exposing in_features / out_features and `dequantize()` (the NF4 / int8 linears). Merging goes
 through the adapter's `merged_weight` on the (out, in) fp32 weight, whatever the base's layout or
@@ -82,10 +85,18 @@ class LayerWrapper(AdapterHolder):
     def unmerge(self) -> None:
         if self.merged is None:
             return
-        adapter = self.adapters[self.merged]
+        adapter = self.adapter_for(self.merged)
         with torch.no_grad():
             self._set_base(adapter.unmerged_weight(self, self.weight_out_in().float()), adapter.unmerged_bias, False)
         self.merged = None
+
+    def stack(self, names: tuple[str, ...]) -> "AdapterStack":
+        adapters = [self.adapters[n] for n in names]
+        for n, a in zip(names, adapters):
+            if a.low_rank_factors() is None:
+                raise NotImplementedError(f"adapters applied together must be plain LoRA (y + Σ updates); {n!r} "
+                                          f"({type(a).__name__}, or DoRA) is not")
+        return AdapterStack(tuple(names), adapters)
 
     def _set_base(self, w_out_in: torch.Tensor, bias_fn: Callable, safe: bool) -> None:
         if safe and not torch.isfinite(w_out_in).all():
@@ -99,6 +110,54 @@ class LayerWrapper(AdapterHolder):
         bias = getattr(base, "bias", None)
         if isinstance(bias, torch.Tensor):
             bias.data.copy_(bias_fn(bias.data.float()).to(bias.dtype))
+
+
+class AdapterStack:
+    """Plain LoRA adapters of one layer applied together: x (..., in), y = base(x) (..., out) ->
+    y + Σ_i scaling_i · B_i A_i x. Merging folds them in one after the other. Not a module: the
+    adapters stay registered (and saved) under their own names in the wrapper."""
+
+    scales_input = False
+
+    def __init__(self, names: tuple[str, ...], adapters: list[nn.Module]):
+        self.names, self.adapters = names, adapters
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for adapter in self.adapters:
+            y = adapter(layer, x, y)
+        return y
+
+    def embed(self, layer: nn.Module, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for adapter in self.adapters:
+            y = adapter.embed(layer, ids, y)
+        return y
+
+    def merged_weight(self, layer: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        for adapter in self.adapters:
+            w = adapter.merged_weight(layer, w)
+        return w
+
+    def unmerged_weight(self, layer: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        for adapter in reversed(self.adapters):
+            w = adapter.unmerged_weight(layer, w)
+        return w
+
+    def merged_bias(self, b: torch.Tensor) -> torch.Tensor:
+        for adapter in self.adapters:
+            b = adapter.merged_bias(b)
+        return b
+
+    def unmerged_bias(self, b: torch.Tensor) -> torch.Tensor:
+        for adapter in reversed(self.adapters):
+            b = adapter.unmerged_bias(b)
+        return b
+
+    def delta_weight(self, dtype=None) -> torch.Tensor:
+        """Σ ΔW_i (out, in)."""
+        return sum(a.delta_weight(dtype) for a in self.adapters)
+
+    def low_rank_factors(self):
+        return None  # several factors, not one low-rank update
 
 
 class AdaptedLinear(LayerWrapper):

@@ -25,7 +25,7 @@ from torch import nn
 from ..config import InitKind, LoraConfig, parse_lora_init
 from ..state import adapter_configs
 from ..targets import wrap_targets
-from .base import Kind, LayerAdapter, Method, ModulesToSave, TrainingHooks
+from .base import HookChain, Kind, LayerAdapter, Method, ModulesToSave, TrainingHooks
 from .dora import DoraMagnitude
 from .layers import (WRAPPERS, AdaptedEmbedding, AdaptedLinear, LayerWrapper, is_linear_like, layer_wrappers,
                      wrap)
@@ -150,14 +150,57 @@ class PissaHooks(TrainingHooks):
         return {"convert_pissa_to_lora": Path(output_dir) / PISSA_INITIAL}
 
 
+class OrthogonalityPenalty(TrainingHooks):
+    """O-LoRA: λ · Σ_layers Σ_earlier ||A_new A_earlierᵀ||²_F, the new adapter's rows of A kept orthogonal
+    to those of the other (frozen, earlier) plain LoRA adapters on the same layers."""
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], strength: float):
+        self.pairs, self.strength, self.last = pairs, strength, 0.0  # (A_new (r, in), A_earlier (r', in))
+
+    def penalty(self) -> torch.Tensor:
+        return self.strength * sum(((a @ old.to(a.dtype).T).float() ** 2).sum() for a, old in self.pairs)
+
+    def regularizer(self, model: nn.Module) -> Optional[torch.Tensor]:
+        value = self.penalty() if self.pairs else None
+        self.last = float(value.detach()) if value is not None else 0.0
+        return value
+
+    def metrics(self) -> dict:
+        return {"orthogonal_penalty": self.last}
+
+
+def orthogonal_pairs(model: nn.Module, adapter_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(A of `adapter_name`, A of another plain LoRA adapter) for every layer holding both."""
+    pairs = []
+    for _, wrapper in layer_wrappers(model):
+        mine = wrapper.adapters[adapter_name].low_rank_factors() if adapter_name in wrapper.adapters else None
+        if mine is None:
+            continue
+        for name, other in wrapper.adapters.items():
+            factors = other.low_rank_factors() if name != adapter_name else None
+            if factors is not None:
+                pairs.append((mine[0], factors[0].detach()))
+    return pairs
+
+
 def _hooks(model: nn.Module, adapter_name: str, total_steps: int) -> Optional[TrainingHooks]:
-    return PissaHooks() if adapter_configs(model)[adapter_name].init.kind is InitKind.PISSA else None
+    config = adapter_configs(model)[adapter_name]
+    hooks = [PissaHooks()] if config.init.kind is InitKind.PISSA else []
+    if config.orthogonal_lambda > 0:
+        hooks.append(OrthogonalityPenalty(orthogonal_pairs(model, adapter_name), config.orthogonal_lambda))
+    return hooks[0] if len(hooks) == 1 else HookChain(hooks) if hooks else None
 
 
 def _check_run(config: LoraConfig, run) -> None:
     if config.use_dora and config.init.kind is InitKind.PISSA:
         raise ValueError("lora.init_lora_weights: PiSSA with use_dora cannot be converted to an adapter for the "
                          "original base after training; use one or the other")
+    if config.orthogonal_lambda > 0 and not config.progressive_from:
+        raise ValueError("lora.orthogonal_lambda: the penalty is against earlier adapters; set "
+                         "lora.progressive_from")
+    if config.progressive_from and (config.use_dora or config.init.kind is InitKind.PISSA):
+        raise ValueError("lora.progressive_from: adapters applied together are plain LoRA; "
+                         f"{'use_dora' if config.use_dora else 'PiSSA (which changes the base)'} cannot train on top")
 
 
 def _saved_config(config: LoraConfig, adapted: dict) -> dict:
@@ -180,5 +223,5 @@ METHOD = Method(name="lora", config=LoraConfig, peft_type="LORA", kind=Kind.LAYE
 # The wrapper classes under their LoRA-era names (they hold adapters of every layer method).
 LoraWrapper, LoraLinear, LoraEmbedding, lora_wrappers = LayerWrapper, AdaptedLinear, AdaptedEmbedding, layer_wrappers
 
-__all__ = ["LoraAdapter", "METHOD", "LoraWrapper", "LoraLinear", "LoraEmbedding", "ModulesToSave", "wrap",
+__all__ = ["LoraAdapter", "METHOD", "OrthogonalityPenalty", "orthogonal_pairs", "LoraWrapper", "LoraLinear", "LoraEmbedding", "ModulesToSave", "wrap",
            "is_linear_like", "lora_wrappers", "WRAPPERS", "PISSA_INITIAL"]
