@@ -124,3 +124,17 @@ def test_progressive_run_trains_only_the_new_adapter_on_top(sft_config, earlier_
 def test_generate_stacks_repeated_adapters(earlier_adapter, capsys):
     assert main(["generate", "--adapter", str(earlier_adapter), "--adapter", str(earlier_adapter),
                  "--max-new-tokens", "2", "hello"]) == 0
+
+
+def test_progressive_run_resumes_to_the_uninterrupted_result(sft_config, earlier_adapter, tmp_path):
+    stack = f"lora.progressive_from=[{earlier_adapter}]"
+    whole = sft_config(stack, "train.steps=3", "data.eval=null", f"output_dir={tmp_path / 'whole'}")
+    train(whole, quiet=True)
+    part = sft_config(stack, "train.steps=2", "train.save_every=1", "data.eval=null", f"output_dir={tmp_path / 'part'}")
+    train(part, quiet=True)
+    resumed = sft_config(stack, "train.steps=3", "data.eval=null", f"output_dir={tmp_path / 'part'}")
+    train(resumed, resume=True, quiet=True)
+    a, b = read_weights(tmp_path / "whole" / "adapter"), read_weights(tmp_path / "part" / "adapter")
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
