@@ -12,9 +12,10 @@ and, after the last stage, the general-skill probe of `lorakit eval --probe` (pe
 project's general-English sample; agreement with the base model's own answers to 30 general prompts).
 
 Strategies (LoRA r=16 on all linear layers, the quickstart's recipe, STEPS optimizer steps per stage):
-- naive: one adapter, continued task after task (each stage starts from the previous adapter);
+- naive: one adapter, continued task after task (`train.init_adapter`: the previous stage's adapter);
 - replay10 / replay30: naive plus rows of the earlier tasks in every batch (`data.replay`, ratio 0.1 / 0.3);
-- ewc: naive plus the EWC penalty against the previous stage (`train.ewc`, Fisher saved by that run);
+- ewc: naive plus the EWC penalty against the previous stage (`train.ewc: {lambda, from}`, λ = --ewc-lambda,
+  the Fisher over FISHER_SAMPLES training rows saved by that run: `train.save_fisher_samples`);
 - joint: multi-task training on every task seen so far (`data.train` as weighted sources), a fresh
   adapter per stage (the usual upper bound);
 - router: one fresh adapter per task, a `lorakit.TaskRouter` (MiniLM nearest centroid, built from
@@ -26,7 +27,7 @@ A strategy whose config keys this trainer does not have is reported as skipped (
     python benchmarks/continual.py --quick          # a smoke run: 3 steps / stage, 6 eval rows, short answers
     python benchmarks/continual.py --strategies naive router --markdown   # the README table
 Results go to OUT/results.json (OUT: --out, default runs/bench-continual); trained adapters are
-cached under OUT/<mode>/<strategy>/stage-N (delete OUT to retrain).
+cached under OUT/<full|quick>/<strategy>/stage-N (delete them to retrain).
 """
 from __future__ import annotations
 
@@ -55,14 +56,16 @@ TASKS = {"notes": "quickstart", "contacts": "contacts", "orders": "orders"}
 
 @dataclass(frozen=True)
 class Budget:
-    steps: int
-    eval_rows: int
+    steps: int  # optimizer steps per stage (per task for joint)
+    eval_rows: int  # held-out rows scored per task
     max_new_tokens: int
-    probe_tokens: int
+    probe_tokens: int  # answer length of the agreement probe
+    fisher_samples: int  # rows of the EWC Fisher
+    ewc_lambda: float = 1.0
 
 
-FULL = Budget(steps=30, eval_rows=40, max_new_tokens=24, probe_tokens=48)
-QUICK = Budget(steps=3, eval_rows=6, max_new_tokens=24, probe_tokens=12)
+FULL = Budget(steps=30, eval_rows=40, max_new_tokens=24, probe_tokens=48, fisher_samples=64)
+QUICK = Budget(steps=3, eval_rows=6, max_new_tokens=24, probe_tokens=12, fisher_samples=8)
 
 
 def log(msg: str) -> None:
@@ -94,23 +97,16 @@ def missing_feature(config: dict) -> Optional[str]:
     return None
 
 
-def train_stage(config: dict, previous: Optional[Path] = None) -> Path:
-    """Train one stage (cached: a finished stage's adapter is reused); `previous`: an adapter to continue."""
+def train_stage(config: dict) -> Path:
+    """Train one stage (cached: a finished stage's adapter is reused); returns its adapter directory."""
     from lorakit.train.loop import train
-    from lorakit.train.prepare import prepare
 
     out = Path(config["output_dir"])
     adapter = out / "adapter"
     if (adapter / "adapter_model.safetensors").is_file():
         return adapter
-    run_config = checked(config)
-    run = None
-    if previous is not None:  # continue: the stage's adapter starts as the previous stage's, trainable
-        run = prepare(run_config)
-        lorakit.delete_adapter(run.model, "default")
-        lorakit.load_adapter(run.model, previous, adapter_name="default", is_trainable=True)
-    result = train(run_config, run=run, quiet=True)
-    log(f"    trained {out.name}: {result.steps} steps in {result.seconds:.0f}s")
+    result = train(checked(config), quiet=True)
+    log(f"    trained {out.parent.name}/{out.name}: {result.steps} steps in {result.seconds:.0f}s")
     return adapter
 
 
@@ -120,13 +116,15 @@ Scorer = Callable[["Evaluator", int], dict]
 
 
 def sequential(root: Path, budget: Budget, extra: Callable[[int, Path], dict] = lambda k, out: {}) -> list[Scorer]:
-    """One adapter continued task after task; `extra(stage, out)` adds config (replay, EWC)."""
+    """One adapter continued task after task (`train.init_adapter`, or EWC's `train.ewc.from`, which
+    continues that run's adapter); `extra(stage, out)` adds config (replay, EWC)."""
     stages, previous = [], None
     for k, (task, stem) in enumerate(TASKS.items()):
         out = root / f"stage-{k + 1}"
-        config = base_config(f"bundled:{stem}_train", out, budget)
-        deep_update(config, extra(k, out))
-        previous = train_stage(config, previous)
+        config = deep_update(base_config(f"bundled:{stem}_train", out, budget), extra(k, out))
+        if previous is not None and "ewc" not in config["train"]:
+            config["train"]["init_adapter"] = str(previous)
+        previous = train_stage(config)
         stages.append(single(previous))
     return stages
 
@@ -151,9 +149,13 @@ def strategy_naive(root: Path, budget: Budget) -> list[Scorer]:
 
 
 def strategy_ewc(root: Path, budget: Budget) -> list[Scorer]:
+    """Each stage saves its Fisher (`train.save_fisher_samples`); the next one continues its adapter with
+    the penalty λ/2 · Σ F (θ − θ*)² (`train.ewc: {lambda, from}`)."""
     def extra(k: int, out: Path) -> dict:
-        ewc = {"lambda": 1000.0, "fisher_samples": 64}
-        return {"train": {"ewc": ewc if k == 0 else {**ewc, "from": str(out.parent / f"stage-{k}")}}}
+        train = {"save_fisher_samples": budget.fisher_samples} if k < len(TASKS) - 1 else {}
+        if k:
+            train["ewc"] = {"lambda": budget.ewc_lambda, "from": str(out.parent / f"stage-{k}")}
+        return {"train": train}
     return sequential(root, budget, extra)
 
 
@@ -201,7 +203,8 @@ def probe_config(strategy: str, root: Path, budget: Budget) -> dict:
                            {"data": {"replay": {"file": "bundled:quickstart_train", "ratio": 0.1}}})
     if strategy == "ewc":
         config = base_config("bundled:contacts_train", out, budget)
-        config["train"]["ewc"] = {"lambda": 1000.0, "fisher_samples": 64, "from": str(out)}
+        config["train"].update(ewc={"lambda": budget.ewc_lambda, "from": str(out)},
+                               save_fisher_samples=budget.fisher_samples)
         return config
     if strategy == "joint":
         return base_config([{"file": "bundled:quickstart_train", "weight": 1.0},
@@ -320,7 +323,8 @@ def routed(adapters: dict[str, Path]) -> Scorer:
 
 
 def run_strategy(name: str, root: Path, budget: Budget, ev: Evaluator) -> dict:
-    stages = STRATEGIES[name](root / name, budget)
+    folder = f"{name}-lambda{budget.ewc_lambda:g}" if name == "ewc" else name
+    stages = STRATEGIES[name](root / folder, budget)
     matrix, probe = [], None
     for k, stage in enumerate(stages):
         choose = stage(ev, k)
@@ -355,12 +359,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per stage, 6 eval rows, short answers")
     p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     p.add_argument("--out", default="runs/bench-continual")
+    p.add_argument("--ewc-lambda", type=float, default=FULL.ewc_lambda, help="λ of the EWC penalty (default 1)")
     p.add_argument("--markdown", action="store_true", help="print the README table")
     args = p.parse_args(argv)
     missing = [s for s in TASKS.values() if f"{s}_train" not in BUNDLED]
     if missing:
         sys.exit(f"bundled tasks missing: {missing}")
-    budget = QUICK if args.quick else FULL
+    budget = replace(QUICK if args.quick else FULL, ewc_lambda=args.ewc_lambda)
     root = Path(args.out) / ("quick" if args.quick else "full")
     ev = None
     results = {}
