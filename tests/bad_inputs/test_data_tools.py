@@ -53,6 +53,10 @@ ROWS = [
          ["--plot", "{tmp}/h.jpg", ".png"], with_good()),
     data("check-plot-under-file", ["check", "{tmp}/d.jsonl", "--no-tokenizer", "--plot", "{tmp}/d.jsonl/h.png"],
          ["--plot", "{tmp}/d.jsonl", "is a file"], with_good()),
+    data("check-against-missing", ["check", "{tmp}/d.jsonl", "--no-tokenizer", "--against", "{tmp}/train.jsonl"],
+         ["--against", "{tmp}/train.jsonl"], with_good()),
+    data("check-against-bad-row", ["check", "{tmp}/d.jsonl", "--no-tokenizer", "--against", "{tmp}/t.jsonl"],
+         ["{tmp}/t.jsonl:1", "output"], with_good({"t.jsonl": jsonl({"instruction": "x"})})),
     # convert
     data("convert-no-to", ["convert", "{tmp}/d.jsonl", "{tmp}/o.jsonl"], ["--to"], with_good()),
     data("convert-to-unknown", ["convert", "{tmp}/d.jsonl", "{tmp}/o.jsonl", "--to", "chatml"], ["--to", "chatml"],

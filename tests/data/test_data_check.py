@@ -120,3 +120,13 @@ def test_locations_use_the_name_the_user_gave(tmp_path, capsys):
     assert [f.where for f in report.findings] == ["bundled:mine:2"] and "line 1" in report.findings[0].message
     assert main(["data", "check", "bundled:quickstart_eval", "--no-tokenizer", "--json", "--exact-only"]) == 0
     assert json.loads(capsys.readouterr().out)["source"] == "bundled:quickstart_eval"
+
+
+def test_against_flags_rows_that_leak_from_another_file(tmp_path, capsys):
+    train = write(tmp_path / "train.jsonl", *GOOD)
+    evals = write(tmp_path / "eval.jsonl", {"instruction": "Name a colour.", "output": "red"}, GOOD[2])
+    report = check_file(evals, tokenizer=False, against=[(train, "TRAIN")])
+    assert [(f.code, f.where, f.message) for f in report.findings] == [
+        ("in-other-file", f"{evals}:2", "duplicate of TRAIN:3")]
+    assert main(["data", "check", str(evals), "--no-tokenizer", "--against", str(train), "--strict"]) == 1
+    assert f"duplicate of {train}:3" in capsys.readouterr().out

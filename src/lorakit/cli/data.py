@@ -49,7 +49,7 @@ def cmd_check(args) -> int:
     max_length = args.max_length or DataSection.model_fields["max_length"].default
     report = check_file(_path(args.file, "FILE"), _format(args), max_length=max_length, model=args.model,
                         tokenizer=not args.no_tokenizer, near=None if args.exact_only else args.near,
-                        plot=args.plot, source=args.file)
+                        plot=args.plot, source=args.file, against=[(_path(a, "--against"), a) for a in args.against])
     print(dumps(report) if args.json else report.table())
     failed = report.errors or (args.strict and report.warnings)
     return 1 if failed else 0
@@ -141,6 +141,8 @@ def register(sub, parent) -> None:
     g.add_argument("--near", type=_fraction(True, True), default=0.85,
                    help="near-duplicate threshold: Jaccard of character 5-grams (default 0.85)")
     g.add_argument("--exact-only", action="store_true", help="look for exact duplicates only")
+    g.add_argument("--against", action="append", default=[], metavar="OTHER",
+                   help="warn about rows that repeat a row of OTHER (e.g. an eval set vs its training set); repeatable")
     g.add_argument("--json", action="store_true", help="machine-readable report")
     g.add_argument("--plot", metavar="OUT.png", help="write a histogram of row lengths")
     g.add_argument("--strict", action="store_true", help="exit 1 on warnings too")

@@ -6,7 +6,8 @@
 Errors (exit 1 from the CLI): rows the trainer refuses (the same `file:line: ...` messages: the
 check is `formats.normalize_record`, run on every row instead of stopping at the first), lines
 that are not JSON, empty or whitespace-only targets (assistant replies, `text`), labels mixing
-strings and integers. Warnings: exact and near duplicates (`dedupe`), the same prompt with a
+strings and integers. Warnings: exact and near duplicates (`dedupe`), rows repeating a row of
+another file (`against`: an eval set's leaks from its training set), the same prompt with a
 different answer or label, rows longer than `max_length` (the trainer truncates them) and rows
 left with no target token after that truncation (it drops them), a single label, label
 imbalance (largest class over `IMBALANCE` times the smallest).
@@ -23,10 +24,10 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from .dedupe import DupKind, dataset_duplicates, normalize_text
-from .formats import FORMATS, Dataset, detect_format, normalize_record
+from .dedupe import DupKind, cross_duplicates, dataset_duplicates, normalize_text, row_text
+from .formats import FORMATS, Dataset, detect_format, normalize_record, normalize_records
 from .io import DataError, Record, read_records
 
 IMBALANCE = 5.0
@@ -106,11 +107,13 @@ class CheckReport:
 
 def check_file(path: str | Path, format: Optional[str] = None, max_length: int = 512, model: Optional[str] = None,
                tokenizer: bool = True, near: Optional[float] = DEFAULT_NEAR, plot: Optional[str | Path] = None,
-               source: Optional[str] = None) -> CheckReport:
+               source: Optional[str] = None, against: Sequence[tuple[str | Path, str]] = ()) -> CheckReport:
     """Check every row of a data file (module docstring). ``format`` None detects it; ``model`` names the
     tokenizer (default: SmolLM2's, all-MiniLM's for classification rows); ``tokenizer=False`` counts words;
     ``near`` is the near-duplicate Jaccard threshold (None: exact duplicates only); ``plot`` writes a length
-    histogram PNG. An unreadable file (missing, not text, a .json/.csv that does not parse) raises DataError."""
+    histogram PNG; ``against`` holds (path, name) of other files (a training set, when checking its eval set) whose
+    rows this file must not repeat. An unreadable file (missing, not text, a .json/.csv that does not parse) raises
+    DataError."""
     if format is not None and format not in FORMATS:
         raise DataError(f"{path}: unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     source = source or str(path)
@@ -141,6 +144,8 @@ def check_file(path: str | Path, format: Optional[str] = None, max_length: int =
     report.findings += _empty_targets(dataset, kept)
     report.findings += _duplicates(dataset, kept, near)
     report.findings += _conflicts(dataset, kept)
+    for other, name in against:
+        report.findings += _leaks(dataset, kept, other, name, near)
     if dataset.kind == "classification":
         report.labels, findings = _labels(dataset, source)
         report.findings += findings
@@ -218,6 +223,19 @@ def _duplicates(dataset: Dataset, kept: list[Record], near: Optional[float]) -> 
             out.append(Finding(Severity.WARNING, "near-duplicate", kept[d.index].where,
                                f"near-duplicate of {_ref(kept[d.of].where, dataset.source)} "
                                f"(Jaccard {d.similarity:.2f})"))
+    return out
+
+
+def _leaks(dataset: Dataset, kept: list[Record], other: str | Path, name: str, near: Optional[float]) -> list[Finding]:
+    """Rows that repeat (exactly or nearly) a row of another file: an eval set that leaks its training set."""
+    records = read_records(other)
+    reference = normalize_records(records, None, source=str(other))
+    label = (lambda where: where.replace(str(Path(other)), name, 1)) if name != str(Path(other)) else (lambda w: w)
+    out = []
+    for d in cross_duplicates([row_text(r) for r in dataset.rows], [row_text(r) for r in reference.rows], near):
+        what = "duplicate" if d.kind is DupKind.EXACT else f"near-duplicate (Jaccard {d.similarity:.2f})"
+        out.append(Finding(Severity.WARNING, "in-other-file", kept[d.index].where,
+                           f"{what} of {label(records[d.of].where)}"))
     return out
 
 

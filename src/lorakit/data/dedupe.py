@@ -98,37 +98,62 @@ def bands_for(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     return max(ok, key=lambda br: (1 / br[0]) ** (1 / br[1])) if ok else splits[0]
 
 
+class DuplicateIndex:
+    """Rows added so far, searchable for an exact or near (Jaccard >= ``near``) match of a new text."""
+
+    def __init__(self, near: Optional[float] = None, seed: int = SEED):
+        if near is not None and not 0.0 < near <= 1.0:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {near}")
+        self.near = near
+        self.hasher = MinHasher(seed=seed) if near is not None else None
+        self.bands, self.rows = bands_for(near) if near is not None else (0, 0)
+        self.exact: dict[str, int] = {}
+        self.sets: dict[int, set[str]] = {}
+        self.buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
+
+    def _keys(self, grams: set[str]) -> list[tuple[int, bytes]]:
+        sig = self.hasher.signature(grams)
+        return [(band, sig[band * self.rows:(band + 1) * self.rows].tobytes()) for band in range(self.bands)]
+
+    def match(self, text: str) -> Optional[tuple[int, DupKind, float]]:
+        """(id of the first added row it repeats, kind, Jaccard) or None."""
+        norm = normalize_text(text)
+        if norm in self.exact:
+            return self.exact[norm], DupKind.EXACT, 1.0
+        if self.hasher is None:
+            return None
+        grams = shingles(norm)
+        candidates = sorted({j for key in self._keys(grams) for j in self.buckets.get(key, ())})
+        return next(((j, DupKind.NEAR, s) for j in candidates if (s := jaccard(grams, self.sets[j])) >= self.near), None)
+
+    def add(self, row_id: int, text: str) -> None:
+        norm = normalize_text(text)
+        self.exact.setdefault(norm, row_id)
+        if self.hasher is not None and row_id not in self.sets:
+            grams = self.sets[row_id] = shingles(norm)
+            for key in self._keys(grams):
+                self.buckets[key].append(row_id)
+
+
 def find_duplicates(texts: list[str], near: Optional[float] = None, seed: int = SEED) -> list[Duplicate]:
     """Duplicates among ``texts`` (raw row texts), in order; ``near`` = Jaccard threshold in (0, 1], None = exact only."""
-    if near is not None and not 0.0 < near <= 1.0:
-        raise ValueError(f"near-duplicate threshold must be in (0, 1], got {near}")
-    hasher = MinHasher(seed=seed) if near is not None else None
-    bands, rows = bands_for(near) if near is not None else (0, 0)
-    exact: dict[str, int] = {}
-    kept_sets: dict[int, set[str]] = {}
-    buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
-    found = []
+    index, found = DuplicateIndex(near, seed), []
     for i, text in enumerate(texts):
-        norm = normalize_text(text)
-        if norm in exact:
-            found.append(Duplicate(i, exact[norm], DupKind.EXACT, 1.0))
-            continue
-        if hasher is None:
-            exact[norm] = i
-            continue
-        grams = shingles(norm)
-        sig = hasher.signature(grams)
-        keys = [(band, sig[band * rows:(band + 1) * rows].tobytes()) for band in range(bands)]
-        candidates = sorted({j for key in keys for j in buckets.get(key, ())})
-        match = next(((j, s) for j in candidates if (s := jaccard(grams, kept_sets[j])) >= near), None)
-        if match is not None:
-            found.append(Duplicate(i, match[0], DupKind.NEAR, match[1]))
-            continue
-        exact[norm] = i
-        kept_sets[i] = grams
-        for key in keys:
-            buckets[key].append(i)
+        hit = index.match(text)
+        if hit is None:
+            index.add(i, text)
+        else:
+            found.append(Duplicate(i, *hit))
     return found
+
+
+def cross_duplicates(texts: list[str], reference: list[str], near: Optional[float] = None,
+                     seed: int = SEED) -> list[Duplicate]:
+    """Rows of ``texts`` that repeat a row of ``reference`` (``of`` indexes ``reference``): an eval set's leaks."""
+    index = DuplicateIndex(near, seed)
+    for j, text in enumerate(reference):
+        index.add(j, text)
+    return [Duplicate(i, *hit) for i, text in enumerate(texts) if (hit := index.match(text)) is not None]
 
 
 def dataset_duplicates(dataset: Dataset, near: Optional[float] = None) -> list[Duplicate]:
