@@ -36,7 +36,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, message)
 
 
-COMMAND_MODULES = ("train", "use", "data", "merge", "serve", "ui", "export", "compress", "router")
+COMMAND_MODULES = ("train", "use", "data", "merge", "serve", "ui", "export", "compress", "router", "analyze")
 """Modules of this package that register subcommands, in `--help` order."""
 
 
