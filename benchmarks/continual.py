@@ -185,7 +185,7 @@ def strategy_progressive(root: Path, budget: Budget) -> list[Scorer]:
         if earlier:
             config["lora"]["progressive_from"] = [str(a) for a in earlier]
         earlier.append(train_stage(config))
-        stages.append(single(earlier[-1]))
+        stages.append(stacked(list(earlier)))
     return stages
 
 
@@ -257,7 +257,7 @@ class Evaluator:
         out: list[Optional[str]] = [None] * len(conversations)
         for name in dict.fromkeys(names):
             index = [i for i, n in enumerate(names) if n == name]
-            lorakit.set_adapter(self.model, name)
+            activate(self.model, name)
             generated = generate_answers(self.model, self.tokenizer, [conversations[i] for i in index],
                                          max_new_tokens or self.budget.max_new_tokens, batch_size=16)
             for i, g in zip(index, generated):
@@ -287,7 +287,7 @@ class Evaluator:
         total, targets = 0.0, 0
         for name in dict.fromkeys(names):
             group = [p for p, n in zip(paragraphs, names) if n == name]
-            lorakit.set_adapter(self.model, name)
+            activate(self.model, name)
             result = evaluate_dataset(self.model, self.tokenizer, Dataset("general_text", "text", "text",
                                                                           [{"text": p} for p in group]),
                                       generate=False)
@@ -301,10 +301,25 @@ class Evaluator:
         return {"general_ppl": math.exp(min(total / max(targets, 1), 50.0)), **agreement(answers, references)}
 
 
+def activate(model, key) -> None:
+    """An adapter name, or a tuple of names applied together (stacked)."""
+    lorakit.set_adapter(model, key if isinstance(key, str) else key[0] if len(key) == 1 else list(key))
+
+
 def single(adapter: Path) -> Scorer:
     def score(ev: Evaluator, _stage: int) -> Callable:
         ev.use({"model": adapter})
         return lambda conversations: ["model"] * len(conversations)
+    return score
+
+
+def stacked(adapters: list[Path]) -> Scorer:
+    """All of `adapters` applied together (progressive LoRA: the earlier ones under the newest)."""
+    def score(ev: Evaluator, _stage: int) -> Callable:
+        names = {f"stage-{i + 1}": path for i, path in enumerate(adapters)}
+        ev.use(names)
+        key = tuple(names)
+        return lambda conversations: [key] * len(conversations)
     return score
 
 
