@@ -9,7 +9,7 @@ process (fp32, LoRA r=16 on every linear layer but the head, text rows truncated
 tokens so every micro-batch holds exactly the budget, no padding). The worker reads its resident set
 after importing torch, transformers and lorakit (the baseline), then the peak RSS of loading the model
 and tokenizer (`prepare`) and of the training steps; the checkpoint and adapter written after the
-last step are excluded (their peak is printed apart). Measured = max(load peak, step peak) − baseline,
+last step are excluded (their peak is kept in the JSON as save_peak_mib). Measured = max(load peak, step peak) − baseline,
 next to `lorakit.analyze.estimate_memory` for the same shapes, and the error the estimate would have
 without its `retained` term (live tensors only: the naive estimate). Peaks are Linux's VmHWM, reset
 between phases through /proc/self/clear_refs.
@@ -104,8 +104,7 @@ def estimate(case: dict):
     from lorakit.analyze.memory import Method, estimate_memory, load_shape
 
     return estimate_memory(load_shape("smollm2-135m-instruct"), Method(case["method"]), r=case["r"],
-                           batch_tokens=case["rows"] * case["seq_len"], seq_len=case["seq_len"],
-                           gradient_checkpointing=case["gradient_checkpointing"])
+                           batch_tokens=case["rows"] * case["seq_len"], gradient_checkpointing=case["gradient_checkpointing"])
 
 
 def report(cases: list[dict]) -> None:
@@ -134,6 +133,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--checkpointing", default="off,on")
+    ap.add_argument("--mmap-threshold", type=int,
+                    help="run the workers with MALLOC_MMAP_THRESHOLD_=N (fixed: glibc then returns every block "
+                         "above N bytes when it is freed, so RSS follows the live tensors; compare with the "
+                         "'w/o retained' column)")
     ap.add_argument("--out", help="write the measurements here (JSON)")
     ap.add_argument("--from", dest="source", help="print estimates for measurements saved with --out")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -147,6 +150,8 @@ def main() -> None:
         return
     cases = []
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     for method in args.methods.split(","):
         for ckpt in args.checkpointing.split(","):
             for tokens in args.batch_tokens.split(","):
@@ -154,6 +159,7 @@ def main() -> None:
                                        "--row-tokens", str(args.row_tokens), "--steps", str(args.steps),
                                        "--r", str(args.r)], check=True, capture_output=True, text=True, env=env)
                 case = json.loads(done.stdout.strip().splitlines()[-1])
+                case["mmap_threshold"] = args.mmap_threshold
                 print(json.dumps(case), file=sys.stderr, flush=True)
                 cases.append(case)
                 if args.out:

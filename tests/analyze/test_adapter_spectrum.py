@@ -43,6 +43,19 @@ def test_low_rank_update_gets_a_smaller_suggested_rank(tmp_path):
     assert spec.suggested_rank in (1, 2) and spec.rank == 8
 
 
+def test_rank_pattern_for_kinds_that_need_fewer_directions(tmp_path):
+    model = tiny_llama()
+    inject(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    randomize_lora_b(model, std=0.3)
+    with torch.no_grad():
+        for name, layer in layer_wrappers(model):
+            if name.endswith("v_proj"):
+                layer.adapters["default"].lora_B[:, 1:] = 0  # v_proj's ΔW: rank 1 in every layer
+    save_adapter(model, tmp_path / "adapter")
+    spec = analyze_adapter(tmp_path / "adapter", energy=0.9999)
+    assert spec.suggested_rank is None and spec.rank_pattern == {"v_proj": 1}
+
+
 def test_full_rank_update_keeps_its_rank(tmp_path):
     _, path = saved_adapter(tmp_path, r=4)
     spec = analyze_adapter(path, energy=0.9999)

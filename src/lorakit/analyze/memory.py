@@ -54,11 +54,9 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 from ..errors import InputError
 from ..files import read_json
@@ -356,12 +354,11 @@ class MemoryEstimate:
 def estimate_memory(shape: ModelShape, method: Method, r: int = 16, batch_tokens: int = 4096,
                     gradient_checkpointing: bool = False, dtype: Dtype = Dtype.FLOAT32,
                     optimizer: Optimizer = Optimizer.ADAMW, targets: frozenset = ALL_LINEAR,
-                    lora_dropout: float = 0.0, seq_len: Optional[int] = None,
-                    device: Device = Device.CPU) -> MemoryEstimate:
+                    lora_dropout: float = 0.0, device: Device = Device.CPU) -> MemoryEstimate:
     """Peak training memory of one micro-batch of `batch_tokens` tokens (see the module docstring).
 
-    `targets`: the adapted linears of every layer (LoRA / QLoRA). `seq_len` is accepted for the
-    record: with SDPA's fused kernel no term grows with the sequence length squared.
+    `targets`: the adapted linears of every layer (LoRA / QLoRA). No term depends on the sequence
+    length alone: SDPA's fused kernel keeps no length × length matrix.
     """
     if r <= 0 or batch_tokens <= 0:
         raise ShapeError(f"r and batch_tokens must be positive, got r={r}, batch_tokens={batch_tokens}")

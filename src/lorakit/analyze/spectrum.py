@@ -12,7 +12,9 @@ own `LoraAdapter` (`low_rank_factors()`), the same definition `delta_weight()` u
 Per module: ‖ΔW‖_F, the spectrum σ_1 ≥ … ≥ σ_r, the entropy effective rank exp(−Σ p_i log p_i)
 with p_i = σ_i / Σσ (Roy & Vetterli, 2007), and the energy rank: the fewest directions holding
 `energy` (default 90%) of Σσ². The suggested rank is the largest energy rank over the modules,
-rounded up to a power of two; it is offered when it is below the trained rank.
+rounded up to a power of two; it is offered when it is below the trained rank. The same rule per
+module kind (the last part of the module name: `v_proj`, `down_proj`, ...) gives a `rank_pattern`
+(peft's field, matched by name suffix) for the kinds that need fewer directions than the rest.
 """
 from __future__ import annotations
 
@@ -46,10 +48,11 @@ class AdapterSpectrum:
     energy: float
     modules: list[ModuleSpectrum] = field(default_factory=list)
     suggested_rank: Optional[int] = None  # None: no smaller rank holds `energy` everywhere
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # module kind → a smaller rank that holds `energy`
 
     def to_dict(self) -> dict:
         return {"adapter_dir": self.adapter_dir, "rank": self.rank, "energy": self.energy,
-                "suggested_rank": self.suggested_rank,
+                "suggested_rank": self.suggested_rank, "rank_pattern": self.rank_pattern,
                 "modules": [vars(m) | {"shape": list(m.shape)} for m in self.modules]}
 
 
@@ -108,11 +111,25 @@ def analyze_adapter(adapter_dir: str | Path, energy: float = 0.9, allow_pickle: 
             module=module, shape=(b.shape[0], a.shape[1]), rank=adapter.r,
             singular_values=[float(x) for x in s], frobenius=float(s.square().sum().sqrt()),
             entropy_rank=entropy_rank(s), energy_rank=energy_rank(s, energy)))
-    needed = max(m.energy_rank for m in result.modules)
-    if 0 < needed:
-        candidate = 1 << math.ceil(math.log2(needed))
-        result.suggested_rank = candidate if candidate < result.rank else None
+    result.suggested_rank = _smaller_rank([m.energy_rank for m in result.modules], result.rank)
+    overall = result.suggested_rank or result.rank
+    kinds: dict[str, list[ModuleSpectrum]] = {}
+    for m in result.modules:
+        kinds.setdefault(m.module.rsplit(".", 1)[-1], []).append(m)
+    for kind, modules in kinds.items():
+        smaller = _smaller_rank([m.energy_rank for m in modules], overall)
+        if smaller is not None:
+            result.rank_pattern[kind] = smaller
     return result
+
+
+def _smaller_rank(energy_ranks: list[int], rank: int) -> Optional[int]:
+    """The largest energy rank rounded up to a power of two, if below `rank` (None for a zero update)."""
+    needed = max(energy_ranks)
+    if needed == 0:
+        return None
+    candidate = 1 << math.ceil(math.log2(needed))
+    return candidate if candidate < rank else None
 
 
 def _natural(name: str) -> list:
@@ -139,7 +156,10 @@ def format_spectrum(spec: AdapterSpectrum, top: int = 4) -> str:
                      f"(trained with r={spec.rank})")
     else:
         lines.append(f"some modules need {max(ranks)} of {spec.rank} directions for {spec.energy:.0%} of their "
-                     f"energy: keep r={spec.rank}")
+                     f"energy (median {sorted(ranks)[len(ranks) // 2]}): keep r={spec.rank}")
+    if spec.rank_pattern:
+        pattern = ", ".join(f"{k}: {v}" for k, v in spec.rank_pattern.items())
+        lines.append(f"these kinds need fewer in every layer: rank_pattern: {{{pattern}}}")
     return "\n".join(lines)
 
 
