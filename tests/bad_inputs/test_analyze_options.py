@@ -46,6 +46,13 @@ ROWS = [
         ["{tmp}/empty", "config.json"], setup=lambda env: env.write("empty/readme.txt", "no config")),
     Cli("analyze-adapter-missing", ["analyze", "adapter", "{tmp}/nope"], ["{tmp}/nope"]),
     Cli("analyze-adapter-is-a-model", ["analyze", "adapter", "{model}"], ["{model}"]),
+    Cli("analyze-adapter-dora", ["analyze", "adapter", "{tmp}/dora"], ["{tmp}/dora", "DoRA"],
+        setup=lambda env: env.adapter_copy("dora", {"use_dora": True})),
+    Cli("analyze-adapter-ia3", ["analyze", "adapter", "{tmp}/ia3"], ["{tmp}/ia3", "IA3"],
+        setup=lambda env: env.write("ia3/adapter_config.json", json.dumps(
+            {"peft_type": "IA3", "target_modules": ["v_proj"], "feedforward_modules": []}))),
+    Cli("analyze-adapter-weights-missing", ["analyze", "adapter", "{tmp}/empty"], ["{tmp}/empty"],
+        setup=lambda env: (env.adapter_copy("empty") / "adapter_model.safetensors").unlink()),
     Cli("analyze-adapter-energy-zero", ["analyze", "adapter", "{adapter}", "--energy", "0"], ["--energy", "0"]),
     Cli("analyze-adapter-energy-text", ["analyze", "adapter", "{adapter}", "--energy", "most"], ["--energy", "most"]),
     Cli("recommend-no-model", REC, ["--params", "--model"]),

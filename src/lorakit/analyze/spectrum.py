@@ -95,8 +95,8 @@ def analyze_adapter(adapter_dir: str | Path, energy: float = 0.9, allow_pickle: 
     label = str(adapter_dir)
     config = read_config(adapter_dir)
     if not isinstance(config, LoraConfig):
-        raise AdapterFormatError(f"{label}: a {type(config).__name__} adapter has no low-rank ΔW = B A; "
-                                 "analyze adapter reads LoRA adapters")
+        raise AdapterFormatError(f"{label}: not a LoRA adapter ({type(config).__name__}): no low-rank ΔW = B A to "
+                                 "analyze")
     if config.use_dora:
         raise AdapterFormatError(f"{label}: a DoRA adapter rescales W + B A by its magnitude vector; its update "
                                  "is not the low-rank product alone (analyze adapter reads plain LoRA)")
