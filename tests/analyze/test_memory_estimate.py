@@ -147,3 +147,12 @@ def test_a_bad_config_names_the_key(tmp_path):
     bad.write_text(json.dumps({**TINY, "hidden_size": "wide"}))
     with pytest.raises(ShapeError, match="hidden_size"):
         load_shape(str(bad))
+
+
+def test_strings_from_python_callers_are_parsed():
+    s = shape()
+    by_enum = estimate_memory(s, Method.LORA, r=4, batch_tokens=64, targets=frozenset({Role.Q, Role.V}))
+    by_text = estimate_memory(s, "lora", r=4, batch_tokens=64, targets={"q_proj", "v_proj"})
+    assert by_text.total == by_enum.total and by_text.adapter == by_enum.adapter
+    with pytest.raises(ShapeError, match="c_attn"):
+        estimate_memory(s, "lora", targets={"c_attn"})

@@ -69,3 +69,10 @@ def test_cli_recommend_json(capsys):
     assert main(["recommend", "--params", "7B", "--memory-gb", "24", "--examples", "5000", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] in ("lora", "qlora") and all(r["reason"] for r in out["reasons"])
+
+
+def test_strings_from_python_callers_are_parsed():
+    rec = recommend(load_shape("llama-2-7b"), memory_gb=80, examples=600, task="classification", dtype="bfloat16")
+    assert rec.settings["r"] == 8
+    with pytest.raises(InputError, match="chat"):
+        recommend(load_shape("llama-2-7b"), memory_gb=80, examples=600, task="chat")

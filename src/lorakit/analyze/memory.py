@@ -362,6 +362,11 @@ def estimate_memory(shape: ModelShape, method: Method, r: int = 16, batch_tokens
     """
     if r <= 0 or batch_tokens <= 0:
         raise ShapeError(f"r and batch_tokens must be positive, got r={r}, batch_tokens={batch_tokens}")
+    try:  # plain strings from Python callers become the enums here
+        method, dtype, optimizer, device = Method(method), Dtype(dtype), Optimizer(optimizer), Device(device)
+        targets = frozenset(Role(t) for t in targets)
+    except ValueError as e:
+        raise ShapeError(str(e)) from None
     b = DTYPE_BYTES[dtype]
     d, L, V = shape.hidden, shape.layers, shape.vocab
     shapes = shape.linear_shapes()

@@ -145,8 +145,12 @@ def _first(rules: tuple[Rule, ...], situation: Situation) -> Rule:
 def recommend(shape: ModelShape, memory_gb: float, examples: int, task: Task = Task.SFT,
               dtype: Dtype = Dtype.FLOAT32) -> Recommendation:
     """The method, rank, learning rate, batch size and checkpointing the rule tables choose."""
-    if memory_gb <= 0 or examples <= 0:
+    if not memory_gb > 0 or examples <= 0:
         raise InputError(f"--memory-gb and --examples must be positive, got {memory_gb:g} and {examples}")
+    try:  # plain strings from Python callers become the enums here
+        task, dtype = Task(task), Dtype(dtype)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     situation = Situation(shape, memory_gb * GIB, examples, task, dtype)
     rec = Recommendation(method=None)
     method_rule = _first(METHOD_RULES, situation)
