@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.errors import InputError
+from lorakit.errors import InputError, UnsupportedOperation
+from lorakit.state import holders
 from lorakit import routing
 from helpers import MODEL_FACTORIES
 from helpers import logits, randomize_lora_b
@@ -139,3 +140,14 @@ def test_route_skips_other_kinds_of_adapter_on_the_same_layers():
     with pytest.raises(NotImplementedError, match="plain LoRA"):
         with lorakit.route(model, ["d", "a"]):
             pass
+
+
+def test_stacking_adapters_that_cannot_stack_is_refused_and_switches_nothing():
+    model = MODEL_FACTORIES["llama"]()
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["model.norm"]), "a")
+    lorakit.inject(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["model.norm"]), "b")
+    lorakit.set_adapter(model, "a")
+    with pytest.raises(UnsupportedOperation, match="one adapter at a time"):
+        lorakit.set_adapter(model, ["a", "b"])
+    assert lorakit.active_adapter(model) == "a"
+    assert all(h.active_name in (None, "a") for _, h in holders(model))

@@ -62,9 +62,12 @@ def set_adapter(model: nn.Module, adapter_name: Union[str, Sequence[str]]) -> No
         raise UnknownAdapterError(f"set_adapter: no adapter named; adapters on this model: {list_adapters(model)}")
     for name in names:
         check_name(model, name)
-    for _, holder in holders(model):
-        here = tuple(n for n in names if n in holder.adapters)
-        holder.set_active(here[0] if len(here) == 1 else here or None)
+    chosen = [(holder, here[0] if len(here) == 1 else here or None) for _, holder in holders(model)
+              for here in [tuple(n for n in names if n in holder.adapters)]]
+    for holder, key in chosen:  # every holder checked before any switches: a refusal leaves the model as it was
+        holder.adapter_for(key)
+    for holder, key in chosen:
+        holder.set_active(key)
     model.__dict__["lorakit_active"] = names[0] if len(names) == 1 else names
 
 

@@ -3,17 +3,11 @@ import json
 
 import pytest
 
-from lorakit.data.self_instruct import (SeedTask, build_prompt, lcs_length, parse_task, reject_reason, rouge_l,
-                                        self_instruct, self_instruct_file, tokens)
+from lorakit.data.overlap import words
+from lorakit.data.self_instruct import SeedTask, build_prompt, parse_task, reject_reason, self_instruct, self_instruct_file
 
 SEEDS = [SeedTask("Translate 'cat' into French.", "chat"), SeedTask("Add 2 and 3.", "5"),
          SeedTask("Name the capital of Italy.", "Rome"), SeedTask("Give an antonym of hot.", "cold")]
-
-
-def test_rouge_l_is_the_lcs_f1():
-    assert lcs_length("a b c d".split(), "a c d e".split()) == 3
-    assert rouge_l("a b c d".split(), "a c d e".split()) == pytest.approx(0.75)
-    assert rouge_l(tokens("The cat sat."), tokens("the CAT sat")) == 1.0 and rouge_l([], ["a"]) == 0.0
 
 
 def test_parse_and_filters():
@@ -22,7 +16,7 @@ def test_parse_and_filters():
     assert parse_task("Sure! Here is one. Instructions: Add 1 and 1.\nOutput: 2\nInstruction: more") == \
         SeedTask("Add 1 and 1.", "2")
     assert parse_task("Name a fruit.\noutput: pear") == SeedTask("Name a fruit.", "pear")
-    pool = [tokens(t.instruction) for t in SEEDS]
+    pool = [words(t.instruction) for t in SEEDS]
     assert reject_reason(SeedTask("Add 2 and 4.", "6"), pool, 0.7) == "too similar to the pool"
     assert reject_reason(SeedTask("Draw a picture of a cat.", "x"), pool, 0.7) == "needs a non-text input or output"
     assert reject_reason(SeedTask("Say it twice.", "x"), pool, 0.7) is None
@@ -85,5 +79,5 @@ def test_self_instruct_with_the_embedded_model(tmp_path):
     assert result.attempts == 4 or len(result.tasks) == 2
     assert len(result.tasks) + sum(result.rejected.values()) == result.attempts
     rows = [json.loads(l) for l in (tmp_path / "new.jsonl").read_text().splitlines()]
-    pool = [tokens(t.instruction) for t in SEEDS]
+    pool = [words(t.instruction) for t in SEEDS]
     assert all(reject_reason(SeedTask(r["instruction"], r["output"]), pool, 0.7) is None for r in rows)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from helpers import tiny_llama
+import lorakit
+from helpers import randomize_lora_b, tiny_llama
 from lorakit.serve import packed
 from lorakit.serve.packed import MAX_ROWS, pack_linears, unpack_linears
 
@@ -32,8 +33,22 @@ def test_a_weight_changed_in_place_is_repacked():
     x = torch.randn(4, 16)
     with torch.no_grad():
         layer(x)
-        layer.weight.mul_(-2.0)  # what a merge does to a base weight
+        layer.weight.mul_(-2.0)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_merging_an_adapter_into_a_packed_base_is_seen():
+    torch.manual_seed(0)
+    model = tiny_llama().eval()
+    lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    randomize_lora_b(model, std=0.5)
+    ids = torch.randint(0, model.config.vocab_size, (2, 5))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        pack_linears(model)
+        model(input_ids=ids)  # packs the base weights as they are before the merge
+        lorakit.merge(model)
+        torch.testing.assert_close(model(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-4)
 
 
 def test_gradients_take_the_plain_path():
@@ -58,6 +73,7 @@ def test_models_keep_types_keys_and_outputs():
         assert pack_linears(model) == 0  # already packed
         got = model(input_ids=ids[:, :1]).logits, model(input_ids=ids).logits
     assert list(model.state_dict()) == keys
+    torch.testing.assert_close(got[0], want[:, :1], rtol=1e-4, atol=1e-5)  # one token per row: 2 rows
     torch.testing.assert_close(got[1], want, rtol=1e-4, atol=1e-5)
     unpack_linears(model)
     assert not any("forward" in m.__dict__ for m in model.modules())

@@ -8,16 +8,12 @@ import pytest
 from lorakit.cli import main
 from lorakit.inference import load_trained
 from lorakit.train import forgetting
-from lorakit.train.forgetting import EvalOptions, Probe, agreement, rouge_l, token_f1
+from lorakit.train.forgetting import EvalOptions, Probe, agreement
 
 FAST = EvalOptions(max_length=64, max_new_tokens=3, batch_size=8, probe_max_new_tokens=3)
 
 
-def test_agreement_metrics_score_overlap():
-    assert token_f1("Paris is the capital", "the capital is Paris") == 1.0
-    assert rouge_l("Paris is the capital", "the capital is Paris") == pytest.approx(0.5)  # LCS "the capital"
-    assert token_f1("", "") == rouge_l("", "") == 1.0
-    assert token_f1("cats", "") == rouge_l("dogs", "cats") == 0.0
+def test_agreement_averages_exact_match_f1_and_rouge_l():  # the scores themselves: tests/data/test_overlap.py
     assert agreement([" a b ", "c"], ["a b", "d"]) == {"agree_exact": 0.5, "agree_f1": 0.5, "agree_rouge_l": 0.5}
 
 

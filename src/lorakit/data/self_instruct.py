@@ -29,6 +29,7 @@ from typing import Optional
 from .formats import load_dataset
 from .generator import Generate
 from .io import DataError, check_output_file, write_records
+from .overlap import rouge_l_words, words
 
 PROMPT = ("Come up with a new task. Here are {k} example tasks, each an instruction and its output. Write one new "
           "task that is different from them, in the same layout: a line starting with 'Instruction:' and then "
@@ -36,7 +37,6 @@ PROMPT = ("Come up with a new task. Here are {k} example tasks, each an instruct
 BLOCKED = {"image", "images", "picture", "pictures", "photo", "photos", "graph", "graphs", "chart", "diagram",
            "flowchart", "draw", "plot", "video", "videos", "audio", "music", "file", "files", "map", "maps", "url"}
 MAX_OUTPUT_WORDS = 300
-_TOKENS = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -59,34 +59,6 @@ class SelfInstructResult:
         return f"{len(self.tasks)} new tasks from {self.attempts} prompts" + (f"; rejected: {why}" if why else "")
 
 
-def tokens(text: str) -> list[str]:
-    return _TOKENS.findall(text.lower())
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(candidate: list[str], reference: list[str]) -> float:
-    """ROUGE-L F1 of two token lists: LCS / len each way, harmonic mean (0 when either is empty)."""
-    if not candidate or not reference:
-        return 0.0
-    lcs = lcs_length(candidate, reference)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(candidate), lcs / len(reference)
-    return 2 * precision * recall / (precision + recall)
-
-
 def parse_task(reply: str) -> Optional[SeedTask]:
     """'Instruction: X\nOutput: Y' -> SeedTask, else None. Text before the last 'Instruction:' label ahead of
     'Output:' (a preamble) is dropped; without any label the reply starts with the instruction."""
@@ -102,18 +74,18 @@ def reject_reason(task: Optional[SeedTask], pool_tokens: list[list[str]], thresh
     """Why a generated task is refused (module docstring), or None to accept it."""
     if task is None:
         return "unparsable"
-    words = tokens(task.instruction)
+    tokens = words(task.instruction)
     if not 3 <= len(task.instruction.split()) <= 150:
         return "instruction length"
     if not task.instruction[0].isalnum():
         return "starts with a symbol"
-    if BLOCKED & set(words):
+    if BLOCKED & set(tokens):
         return "needs a non-text input or output"
     if not task.output.strip():
         return "empty output"
     if len(task.output.split()) > MAX_OUTPUT_WORDS:
         return "output too long"
-    if any(rouge_l(words, other) >= threshold for other in pool_tokens):
+    if any(rouge_l_words(tokens, other) >= threshold for other in pool_tokens):
         return "too similar to the pool"
     return None
 
@@ -132,7 +104,7 @@ def self_instruct(seeds: list[SeedTask], n: int, generate: Generate, seed: int =
         raise ValueError(f"ROUGE-L threshold must be in (0, 1], got {threshold}")
     rng = random.Random(seed)
     max_attempts = 10 * n if max_attempts is None else max_attempts
-    pool_tokens = [tokens(t.instruction) for t in seeds]
+    pool_tokens = [words(t.instruction) for t in seeds]
     result = SelfInstructResult([])
     while len(result.tasks) < n and result.attempts < max_attempts:
         prompts = []
@@ -152,7 +124,7 @@ def self_instruct(seeds: list[SeedTask], n: int, generate: Generate, seed: int =
                 result.rejected[reason] += 1
                 continue
             result.tasks.append(task)
-            pool_tokens.append(tokens(task.instruction))
+            pool_tokens.append(words(task.instruction))
             if len(result.tasks) == n:
                 break
     return result

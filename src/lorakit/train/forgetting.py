@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..data.overlap import rouge_l, token_f1
 from ..errors import InputError
 from ..files import atomic_write_text, read_text
+from ..tuners.layers import LayerWrapper
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "data" / "probe"
 GENERAL_TEXT = "general_text"
@@ -185,49 +187,11 @@ def base_fingerprint(trained, prompts: list[str], max_new_tokens: int) -> str:
     for part in (str(trained.base), config, ",".join(kinds), str(getattr(trained.tokenizer, "chat_template", "")),
                  json.dumps(prompts), str(max_new_tokens)):
         digest.update(part.encode() + b"\0")
-    embedding = model.get_input_embeddings().weight
+    embedding = model.get_input_embeddings()
+    embedding = embedding.base_weight_param() if isinstance(embedding, LayerWrapper) else embedding.weight
     digest.update(embedding[:64].detach().to(torch.float32).cpu().numpy().tobytes())
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(trained.base)).name)[:40] or "base"
     return f"{name}-{digest.hexdigest()[:16]}"
-
-
-_WORD = re.compile(r"\w+")
-
-
-def _tokens(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Word-overlap F1 (bag of lower-cased word tokens); 1.0 when both are empty."""
-    from collections import Counter
-
-    p, r = _tokens(prediction), _tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: longest common subsequence of word tokens; 1.0 when both are empty."""
-    p, r = _tokens(prediction), _tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    previous = [0] * (len(r) + 1)
-    for a in p:
-        current = [0]
-        for j, b in enumerate(r):
-            current.append(previous[j] + 1 if a == b else max(previous[j + 1], current[j]))
-        previous = current
-    lcs = previous[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
 
 
 def agreement(answers: Sequence[str], references: Sequence[str]) -> dict:

@@ -81,6 +81,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import UnsupportedOperation
+
 
 class Kind(enum.Enum):
     """How a method changes the model."""
@@ -230,7 +232,8 @@ class AdapterHolder(nn.Module):
 
     def stack(self, names: tuple[str, ...]):
         """Several adapters applied together; holders that cannot (any but the layer wrappers) refuse."""
-        raise NotImplementedError(f"{type(self).__name__} applies one adapter at a time, not {list(names)} together")
+        raise UnsupportedOperation(f"{type(self).__name__} applies one adapter at a time, not {list(names)} together "
+                                   "(stacking adapters works for plain LoRA layers; not with modules_to_save)")
 
     def add(self, name: str, adapter: nn.Module) -> None:
         if name in self.adapters:

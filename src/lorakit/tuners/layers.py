@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..errors import UnsupportedOperation
 from .base import AdapterHolder
 
 
@@ -94,7 +95,7 @@ class LayerWrapper(AdapterHolder):
         adapters = [self.adapters[n] for n in names]
         for n, a in zip(names, adapters):
             if a.low_rank_factors() is None:
-                raise NotImplementedError(f"adapters applied together must be plain LoRA (y + Σ updates); {n!r} "
+                raise UnsupportedOperation(f"adapters applied together must be plain LoRA (y + Σ updates); {n!r} "
                                           f"({type(a).__name__}, or DoRA) is not")
         return AdapterStack(tuple(names), adapters)
 
@@ -105,11 +106,11 @@ class LayerWrapper(AdapterHolder):
         base = self.base
         if hasattr(base, "dequantize"):  # quantized base: re-quantize the new weight
             base.set_weight(new)
-        else:
-            base.weight.data.copy_(new.to(base.weight.dtype))
+        else:  # in place on the parameter itself (not .data), so its version counter records the change
+            base.weight.copy_(new.to(base.weight.dtype))
         bias = getattr(base, "bias", None)
         if isinstance(bias, torch.Tensor):
-            bias.data.copy_(bias_fn(bias.data.float()).to(bias.dtype))
+            bias.copy_(bias_fn(bias.detach().float()).to(bias.dtype))
 
 
 class AdapterStack:
