@@ -252,11 +252,16 @@ def read_router(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as e:  # the header was checked; anything else is a damaged file
         raise RouterError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     centroids = tensors.get("centroids")
-    expected = {"centroids"} | ({"classifier.weight", "classifier.bias"} if meta["kind"] == "linear" else set())
-    if (set(tensors) != expected or centroids.ndim != 2 or centroids.shape[0] != len(tasks)
-            or not all(torch.isfinite(t).all() for t in tensors.values())):
-        raise RouterError(f"{weights}: expected finite tensors {sorted(expected)} with one centroid per task "
-                          f"({len(tasks)}), found {sorted(tensors)}")
+    linear = RouterKind(meta["kind"]) is RouterKind.LINEAR
+    expected = {"centroids"} | ({"classifier.weight", "classifier.bias"} if linear else set())
+    shapes_ok = set(tensors) == expected and centroids.ndim == 2 and centroids.shape[0] == len(tasks)
+    if shapes_ok and linear:  # the classifier maps an embedding (H) to one logit per task (T)
+        w, b = tensors["classifier.weight"], tensors["classifier.bias"]
+        shapes_ok = tuple(w.shape) == (len(tasks), centroids.shape[1]) and tuple(b.shape) == (len(tasks),)
+    if not shapes_ok or not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise RouterError(f"{weights}: expected finite tensors {sorted(expected)} with one centroid (and one "
+                          f"classifier row) per task ({len(tasks)}), found "
+                          f"{ {k: tuple(v.shape) for k, v in sorted(tensors.items())} }")
     return meta, tensors
 
 

@@ -262,7 +262,7 @@ def test_fsdp_rejects_hooks_that_need_whole_gradients(sft_config):
 
     ctx = distributed.Context(world=2, launched=True)
     adalora = AdaLoraHooks.__new__(AdaLoraHooks)  # (its methods are what is checked)
-    with pytest.raises(distributed.DistributedSetupError, match="method lora's training hooks need whole"):
+    with pytest.raises(distributed.DistributedSetupError, match="training hooks of this run .method lora's, EWC"):
         distributed.choose_strategy(sft_config("train.distributed=fsdp"), None, ctx, adalora)
     assert distributed.choose_strategy(sft_config("train.distributed=fsdp"), None, ctx, NO_HOOKS) == "fsdp"
     assert distributed.choose_strategy(sft_config(), None, ctx, adalora) == "ddp"

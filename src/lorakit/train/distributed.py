@@ -184,8 +184,9 @@ def choose_strategy(config, model: nn.Module, ctx: Context, hooks: TrainingHooks
     per_step = type(hooks).regularizer is not TrainingHooks.regularizer or \
         type(hooks).after_step is not TrainingHooks.after_step
     if config.train.distributed == "fsdp" and per_step:
-        raise DistributedSetupError(f"train.distributed: fsdp: method {config.method}'s training hooks need whole "
-                                    f"parameters and gradients, FSDP holds shards; use train.distributed: ddp")
+        raise DistributedSetupError(f"train.distributed: fsdp: the training hooks of this run (method "
+                                    f"{config.method}'s, EWC or the orthogonality penalty) need whole parameters and "
+                                    f"gradients, FSDP holds shards; use train.distributed: ddp")
     if config.train.distributed != "auto":
         return config.train.distributed
     if config.model.quantization or per_step:
