@@ -20,7 +20,7 @@ from torch import nn
 from .errors import InputError
 from .files import read_json
 from .io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, read_base_quantization, read_config,
-                 read_weights)
+                 read_stack_record, read_weights)
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
 from .state import set_adapter
 from .train.config import Task
@@ -45,12 +45,16 @@ def load_trained(path: str | Path | Sequence[str | Path], base: Optional[str] = 
 
     A list of adapter directories applies them together, stacked (plain LoRA only: base + each
     update), e.g. progressive LoRA's earlier adapters and the one trained on top of them; the base
-    is the last one's, `adapter_dir` the last one."""
+    is the last one's, `adapter_dir` the last one. A progressive adapter alone brings its stack (the
+    earlier adapters named in its `stacked_on.json`)."""
     if isinstance(path, (list, tuple)):
         if len(path) > 1:
             return _load_stack([Path(p).expanduser() for p in path], base, allow_pickle)
         (path,) = path
     if (Path(path).expanduser() / CONFIG_NAME).is_file():
+        earlier = read_stack_record(Path(path).expanduser())  # progressive LoRA: the adapters under this one
+        if earlier:
+            return _load_stack([*earlier, Path(path).expanduser()], base, allow_pickle)
         return _load_adapter_dir(Path(path).expanduser(), base, allow_pickle)
     return _load_model(str(path))
 

@@ -1,6 +1,7 @@
 """Progressive LoRA: earlier adapters applied frozen under a new one (several adapters active together),
 O-LoRA's orthogonality penalty, and the stack at inference (`lorakit generate --adapter A --adapter B`)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ import lorakit
 from helpers import randomize_lora_b, tiny_llama
 from lorakit.cli import main
 from lorakit.inference import load_trained
-from lorakit.io import read_weights
+from lorakit.errors import InputError
+from lorakit.io import STACK_NAME, read_weights
 from lorakit.models import load_causal_lm
+from lorakit.serve.registry import Registry
 from lorakit.train.loop import train
 from lorakit.train.prepare import prepare
 from lorakit.tuners.layers import LayerWrapper
@@ -116,9 +119,17 @@ def test_progressive_run_trains_only_the_new_adapter_on_top(sft_config, earlier_
                 base.get_submodule(name).weight += sum(a.delta_weight() for a in w.adapters.values())
     with torch.no_grad():
         torch.testing.assert_close(base(input_ids=ids).logits, trained_logits, atol=1e-5, rtol=1e-4)
-    only_new = load_trained(result.adapter_dir)
+    # the new adapter alone brings its stack (stacked_on.json); without the record it is the new update only
+    alone = load_trained(result.adapter_dir)
+    assert lorakit.active_adapter(alone.model) == ("stacked_0", "default")
     with torch.no_grad():
-        assert not torch.allclose(only_new.model(input_ids=ids).logits, trained_logits, atol=1e-4)
+        torch.testing.assert_close(alone.model(input_ids=ids).logits, trained_logits)
+    bare = shutil.copytree(result.adapter_dir, config.out / "bare")
+    (bare / STACK_NAME).unlink()
+    with torch.no_grad():
+        assert not torch.allclose(load_trained(bare).model(input_ids=ids).logits, trained_logits, atol=1e-4)
+    with pytest.raises(InputError, match="trained on top of"):  # the server runs one adapter per request
+        Registry(str(tiny_lm_dir), None, None).register_unloaded("new", result.adapter_dir)
 
 
 def test_generate_stacks_repeated_adapters(earlier_adapter, capsys):

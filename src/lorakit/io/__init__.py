@@ -28,7 +28,7 @@ from torch import nn
 from .. import methods
 from ..config import InitKind, LoraConfig, validation_message
 from ..errors import InputError, UnknownAdapterError
-from ..files import atomic_write, check_output_dir, read_json
+from ..files import atomic_write, atomic_write_text, check_output_dir, read_json
 from ..inject import inject
 from ..quant import quant_spec
 from ..state import adapter_configs, bias_parameters, delete_adapter, holders, mark_trainable, set_adapter
@@ -172,6 +172,33 @@ def resolved_config(model: nn.Module, adapter_name: str, base_model_name_or_path
         raise InputError(f"adapter {adapter_name!r}: set task_type (e.g. CAUSAL_LM, SEQ_CLS) for "
                          f"{type(model).__name__}: peft applies virtual tokens only for a known task type")
     return config.model_copy(update={k: v for k, v in update.items() if k in type(config).model_fields})
+
+
+STACK_NAME = "stacked_on.json"
+"""Beside a progressive LoRA adapter: the earlier adapters it was trained on top of, which must be applied
+with it (lorakit's own file; peft ignores it)."""
+
+
+def write_stack_record(adapter_dir: str | os.PathLike, earlier: list[str | os.PathLike]) -> None:
+    """Record the earlier adapters (absolute paths, in stacking order) that `adapter_dir` was trained on."""
+    record = {"stacked_on": [str(Path(e).expanduser().resolve()) for e in earlier]}
+    atomic_write_text(Path(adapter_dir) / STACK_NAME, json.dumps(record, indent=2) + "\n")
+
+
+def read_stack_record(adapter_dir: str | os.PathLike) -> list[Path]:
+    """The earlier adapters `adapter_dir` was trained on top of ([] for an ordinary adapter); each must exist."""
+    file = Path(adapter_dir) / STACK_NAME
+    if not file.is_file():
+        return []
+    data = read_json(file, AdapterFormatError, expect=dict)
+    earlier = data.get("stacked_on")
+    if not isinstance(earlier, list) or not all(isinstance(e, str) and e for e in earlier):
+        raise AdapterFormatError(f"{file}: stacked_on: expected a list of adapter directories")
+    for e in earlier:
+        if not (Path(e) / CONFIG_NAME).is_file():
+            raise AdapterFormatError(f"{file}: this adapter was trained on top of {e}, which is not an adapter "
+                                     "directory any more; it cannot be used without it")
+    return [Path(e) for e in earlier]
 
 
 def read_config(path: str | os.PathLike):

@@ -21,7 +21,7 @@ from typing import Optional
 from torch import nn
 
 from ..errors import InputError
-from ..io import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_config
+from ..io import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, load_adapter, read_config, read_stack_record
 from ..routing import delete_adapter, list_adapters
 from .engine import Retry
 
@@ -135,6 +135,7 @@ class Registry:
         with self.lock:
             if name in self.entries:
                 raise InputError(f"an adapter named {name!r} is already loaded; unload it first")
+        _refuse_stacked(path)
         if name in list_adapters(model) or not self._make_room(model, in_use):
             raise Retry  # still unloading that name, or every loaded adapter is busy: after the next step
         load_adapter(model, path, adapter_name=name)
@@ -144,6 +145,7 @@ class Registry:
     def register_unloaded(self, name: str, path: Path) -> None:
         """Serve `name` without loading it yet (startup beyond `max_loaded`): loaded on first use."""
         read_config(path)
+        _refuse_stacked(path)
         with self.lock:
             self.entries[name] = Entry(name, path, "sft")
 
@@ -182,3 +184,12 @@ class Registry:
             self.drop(model, victim)
             loaded.remove(victim)
         return True
+
+
+def _refuse_stacked(path: Path) -> None:
+    """A progressive LoRA adapter only means something on top of its earlier adapters; one request runs one."""
+    earlier = read_stack_record(path)
+    if earlier:
+        raise InputError(f"{path}: trained on top of {', '.join(map(str, earlier))} ({STACK_NAME}); the server "
+                         "applies one adapter per request: merge the earlier adapters into the base, or use "
+                         "lorakit generate / eval, which load the stack")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..files import atomic_write_text, check_output_dir
-from ..io import save_adapter
+from ..io import save_adapter, write_stack_record
 from ..data.batching import collate_padded
 from ..tuners.base import NO_HOOKS, HookChain, TrainingHooks
 from . import checkpoint, continual, distributed
@@ -329,6 +329,8 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: T
                            **hooks.save_options(config.out))
     if run.labels is not None:  # a classifier's label names, index = class id (read by lorakit eval)
         atomic_write_text(Path(adapter) / "labels.json", json.dumps(run.labels))
+    if config.adapter.stacked_on:  # progressive LoRA: what the adapter must be applied on top of
+        write_stack_record(adapter, config.adapter.stacked_on)
     return adapter
 
 
