@@ -13,7 +13,7 @@ from lorakit.serve.packed import MAX_ROWS, pack_linears, unpack_linears
 pytestmark = pytest.mark.skipif(not packed.available(), reason="oneDNN (mkldnn) is not available in this torch")
 
 
-@pytest.mark.parametrize("shape", [(1, 24), (3, 24), (2, 4, 24), (MAX_ROWS, 24), (MAX_ROWS + 1, 24)])
+@pytest.mark.parametrize("shape", [(1, 24), (3, 24), (2, 4, 24), (MAX_ROWS, 24), (MAX_ROWS + 1, 24), (0, 24)])
 def test_packed_forward_matches_f_linear(shape):
     torch.manual_seed(0)
     layer = nn.Linear(24, 40)

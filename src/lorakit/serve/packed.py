@@ -1,15 +1,18 @@
 """Base linear weights prepacked for CPU decoding (`lorakit serve --cpu-weights packed`, the default on CPU).
 
 A decode step multiplies a few rows (one token per running request) by every weight matrix of the
-model. For 2-32 rows the BLAS call behind `F.linear` repacks the fp32 weight into its blocked
+model. For a few rows the BLAS call behind `F.linear` repacks the fp32 weight into its blocked
 layout on every call, which costs more than the multiply itself: on this project's 2-core machine
 a SmolLM2-135M decode step with 8 routed adapters took 269 ms at 8 rows against 125 ms at one row.
 oneDNN can keep a copy of each weight already in the blocked layout (`_reorder_linear_weight`),
-after which the same step takes 183 ms (8 rows) and 119 ms (1 row); see `pack_linears`.
+after which the same step takes 183 ms at 8 rows. A one-row product is a matrix-vector product,
+which BLAS does without packing and faster than the packed path (a whole SmolLM2 forward of one
+token: 94 ms plain, 152 ms packed), so one row stays plain; from 8 to 128 rows (decode steps and
+short prefills) the packed path was faster at every size measured (60 rows: 234 against 356 ms).
 
 Only the forward of inference-time `nn.Linear` modules with fp32 CPU weights changes (their
-instance `forward`, so module types and state-dict keys stay); anything that needs a gradient,
-long inputs (prefill) and other devices or dtypes take the plain `F.linear`. A weight changed in
+instance `forward`, so module types and state-dict keys stay); anything that needs a gradient, one
+row, more than `MAX_ROWS` rows and other devices or dtypes take the plain `F.linear`. A weight changed in
 place (a merge, a load) is repacked on its next use. The copy costs one more set of the linear
 weights in memory.
 """
@@ -23,8 +26,8 @@ from torch.nn import functional as F
 
 PACK_ROWS = 8
 """The row count oneDNN tunes the packed layout for (measured best among 8, 16 and 32 for 1-32 rows)."""
-MAX_ROWS = 64
-"""Inputs with more rows than this (prefill: prompt tokens × requests) use the plain `F.linear`."""
+MIN_ROWS, MAX_ROWS = 2, 128
+"""Inputs with fewer or more rows than these (one token of one request; a long prefill) use `F.linear`."""
 
 
 class CpuWeights(str, enum.Enum):
@@ -49,7 +52,7 @@ class _PackedForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.linear.weight, self.linear.bias
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if (not 0 < rows <= MAX_ROWS or x.dtype != w.dtype or x.device != w.device
+        if (not MIN_ROWS <= rows <= MAX_ROWS or x.dtype != w.dtype or x.device != w.device
                 or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
             return F.linear(x, w, bias)
         key = (w.data_ptr(), w._version, bias is not None and bias._version)
