@@ -3,39 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
-from .common import RAW, positive_int
+from .common import RAW, bounded_float, positive_int
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
-
-
-def _dropout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a dropout probability in [0, 1), got {text!r}")
-    return value
+_positive_float = bounded_float(lambda v: v > 0, "a positive number")
+_fraction = bounded_float(lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+_dropout = bounded_float(lambda v: 0 <= v < 1, "a dropout probability in [0, 1)")
 
 
 def _targets(text: str) -> frozenset:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import Callable, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -20,14 +20,20 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = greedy), got {text!r}")
-    return value
+def bounded_float(allowed: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a finite number for which `allowed` holds, else "expected <expected>, got 'text'"."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not allowed(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+temperature = bounded_float(lambda v: v >= 0, "a finite number >= 0 (0 = greedy)")
 
 
 def schema_help(schema: type[BaseModel], prefix: str = "") -> list[str]:

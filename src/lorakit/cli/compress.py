@@ -4,17 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import RAW, positive_int
+from .common import RAW, bounded_float, positive_int
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
+_fraction = bounded_float(lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 
 
 def _layer_list(text: str) -> list[int]:
