@@ -7,23 +7,13 @@ import warnings
 from ..data.augment import AugmentMethod
 from ..data.convert import ChatFormat
 from ..data.formats import FORMATS
-from .common import RAW, positive_int, temperature
+from .common import RAW, bounded_float, positive_int, temperature
 
 AUTO = "auto"
 
 
-def _fraction(low_open: bool, high_closed: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        ok = (0.0 < value if low_open else 0.0 <= value) and (value <= 1.0 if high_closed else value < 1.0)
-        if not ok:
-            span = f"{'(' if low_open else '['}0, 1{']' if high_closed else ')'}"
-            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text!r}")
-        return value
-    return parse
+_up_to_one = bounded_float(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+_below_one = bounded_float(lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 
 
 def _seed(text: str) -> int:
@@ -138,7 +128,7 @@ def register(sub, parent) -> None:
     tok.add_argument("--model", help="whose tokenizer counts lengths (default: smollm2-135m-instruct; "
                                      "all-minilm-l6-v2 for classification rows)")
     tok.add_argument("--no-tokenizer", action="store_true", help="count whitespace words instead (no model load)")
-    g.add_argument("--near", type=_fraction(True, True), default=0.85,
+    g.add_argument("--near", type=_up_to_one, default=0.85,
                    help="near-duplicate threshold: Jaccard of character 5-grams (default 0.85)")
     g.add_argument("--exact-only", action="store_true", help="look for exact duplicates only")
     g.add_argument("--against", action="append", default=[], metavar="OTHER",
@@ -158,7 +148,7 @@ def register(sub, parent) -> None:
 
     g = tools.add_parser("split", parents=[parent], help="seeded train/eval split (per label for classification)")
     g.add_argument("file", help="data file or bundled:NAME")
-    g.add_argument("--eval", type=_fraction(True, False), default=0.1, help="eval share (default 0.1)")
+    g.add_argument("--eval", type=_below_one, default=0.1, help="eval share (default 0.1)")
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--out-dir", help="folder of STEM_train.jsonl / STEM_eval.jsonl (default: FILE's folder; "
                                      "the current one for bundled:NAME)")
@@ -171,7 +161,7 @@ def register(sub, parent) -> None:
     g = tools.add_parser("dedupe", parents=[parent], help="drop exact (and with --near, near) duplicate rows")
     g.add_argument("source", metavar="IN")
     g.add_argument("output", metavar="OUT", help=".jsonl or .json")
-    g.add_argument("--near", type=_fraction(True, True), metavar="THRESHOLD",
+    g.add_argument("--near", type=_up_to_one, metavar="THRESHOLD",
                    help="also drop rows whose character 5-gram Jaccard with an earlier kept row is at least this")
     fmt(g)
     overwrite(g)
@@ -200,7 +190,7 @@ def register(sub, parent) -> None:
     g.add_argument("--model", help="the model that writes them (default: smollm2-135m-instruct)")
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--k", type=positive_int, default=3, help="example tasks per prompt")
-    g.add_argument("--threshold", type=_fraction(True, True), default=0.7,
+    g.add_argument("--threshold", type=_up_to_one, default=0.7,
                    help="refuse a task whose ROUGE-L F1 with a pool instruction is at least this")
     g.add_argument("--temperature", type=temperature, default=0.7)
     g.add_argument("--max-attempts", type=positive_int, help="prompts to try at most (default 10 x --n)")
