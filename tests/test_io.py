@@ -7,7 +7,8 @@ from safetensors.torch import load_file, save_file
 import lorakit
 from helpers import MODEL_FACTORIES, tiny_bert, tiny_llama
 from helpers import logits, randomize_lora_b
-from lorakit.io import AdapterFormatError
+from lorakit.errors import InputError
+from lorakit.io import AdapterFormatError, check_adapter_dir, is_adapter_dir
 
 
 def _trained(arch="llama", **cfg):
@@ -77,6 +78,19 @@ def test_wrong_keys_raise_one_error_and_leave_model_untouched(tmp_path, input_id
     assert "missing keys (1)" in msg and "unexpected keys (1)" in msg and "wrong shapes (1)" in msg
     assert lorakit.list_adapters(fresh) == []
     torch.testing.assert_close(logits(fresh, input_ids), base)
+
+
+def test_check_adapter_dir_raises_the_callers_error_with_its_where(tmp_path):
+    class CallerError(InputError):
+        pass
+
+    with pytest.raises(CallerError, match=r"^--opt x: not an adapter directory \(no adapter_config.json\)$"):
+        check_adapter_dir(tmp_path, "--opt x", CallerError)
+    with pytest.raises(AdapterFormatError, match="not an adapter directory"):
+        check_adapter_dir(tmp_path / "missing", "where")
+    assert not is_adapter_dir(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert is_adapter_dir(tmp_path) and check_adapter_dir(tmp_path, "where") == tmp_path
 
 
 def test_truncated_file_names_the_file(tmp_path):

@@ -19,8 +19,8 @@ from torch import nn
 
 from .errors import InputError
 from .files import read_json
-from .io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, read_base_quantization, read_config,
-                 read_stack_record, read_weights)
+from .io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, check_adapter_dir, is_adapter_dir,
+                 read_base_quantization, read_config, read_stack_record, read_weights)
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
 from .state import set_adapter
 from .train.config import Task
@@ -51,7 +51,7 @@ def load_trained(path: str | Path | Sequence[str | Path], base: Optional[str] = 
         if len(path) > 1:
             return _load_stack([Path(p).expanduser() for p in path], base, allow_pickle)
         (path,) = path
-    if (Path(path).expanduser() / CONFIG_NAME).is_file():
+    if is_adapter_dir(path):
         earlier = read_stack_record(Path(path).expanduser())  # progressive LoRA: the adapters under this one
         if earlier:
             return _load_stack([*earlier, Path(path).expanduser()], base, allow_pickle)
@@ -106,8 +106,7 @@ def _load_stack(paths: list[Path], base: Optional[str], allow_pickle: bool) -> T
     """Every file read and checked first; the last adapter loads with its base, then the others join it."""
     earlier = []
     for path in paths[:-1]:
-        if not (path / CONFIG_NAME).is_file():
-            raise AdapterFormatError(f"--adapter {path}: not an adapter directory (no {CONFIG_NAME})")
+        check_adapter_dir(path, f"--adapter {path}")
         earlier.append((path, read_config(path), read_weights(path, allow_pickle)))
     trained = _load_adapter_dir(paths[-1], base, allow_pickle)
     names = []

@@ -287,7 +287,7 @@ def _train_linear(x: torch.Tensor, y: torch.Tensor, classes: int, seed: int, ste
 
 def parse_task_specs(specs: Sequence[str]) -> dict[str, TaskSpec]:
     """`["NAME=ADAPTER_DIR:DATA", ...]` (DATA: a file or bundled:NAME) → {NAME: TaskSpec}, checked."""
-    from .io import CONFIG_NAME
+    from .io import check_adapter_dir
     from .serve.registry import NAME
     from .train.prepare import data_path
 
@@ -300,10 +300,9 @@ def parse_task_specs(specs: Sequence[str]) -> dict[str, TaskSpec]:
                               f"._:@/+-, not {AUTO!r}; DATA: a file or bundled:NAME)")
         if name in tasks:
             raise RouterError(f"--task {spec!r}: the task {name!r} is given twice")
-        if not (Path(adapter).expanduser() / CONFIG_NAME).is_file():
-            raise RouterError(f"--task {name}: {adapter}: not an adapter directory (no {CONFIG_NAME})")
+        adapter_dir = check_adapter_dir(adapter, f"--task {name}: {adapter}", RouterError)
         data_path(data, f"--task {name}")
-        tasks[name] = TaskSpec(str(Path(adapter).expanduser().resolve()), data)
+        tasks[name] = TaskSpec(str(adapter_dir.resolve()), data)
     if len(tasks) < 2:
         raise RouterError(f"--task: a router needs at least two tasks, got {len(tasks)}")
     return tasks
@@ -330,12 +329,10 @@ def build_router(specs: Sequence[str], out: str | Path, encoder: str = DEFAULT_E
 def load_routed(directory: str | Path, prompt: str, allow_pickle: bool = False):
     """`lorakit generate --router DIR`: (task name, its adapter loaded as `lorakit.inference.Trained`)."""
     from .inference import load_trained
-    from .io import CONFIG_NAME
+    from .io import check_adapter_dir
 
     router = TaskRouter.load(directory)
     task = router.route([prompt])[0]
     adapter = router.tasks[task].adapter
-    if not (Path(adapter) / CONFIG_NAME).is_file():
-        raise RouterError(f"{Path(directory) / CONFIG_FILE}: task {task}: {adapter} is not an adapter directory "
-                          f"(no {CONFIG_NAME})")
+    check_adapter_dir(adapter, f"{Path(directory) / CONFIG_FILE}: task {task}: {adapter}", RouterError)
     return task, load_trained(adapter, allow_pickle=allow_pickle)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Callable, get_args, get_origin
 
 from pydantic import BaseModel
@@ -86,7 +85,7 @@ def gen_args(p: argparse.ArgumentParser) -> None:
 def load_trained_from_args(args):
     """The model of `--adapter DIR` (a directory holding adapter_config.json) or `--model NAME`."""
     from ..inference import load_trained
-    from ..io import CONFIG_NAME, AdapterFormatError
+    from ..io import check_adapter_dir
 
     if getattr(args, "router", None) is not None:
         raise InputError("--router chooses the adapter; it takes no --adapter or --model")
@@ -95,6 +94,5 @@ def load_trained_from_args(args):
             raise InputError("--base goes with --adapter; --model is loaded as it is")
         return load_trained(args.model)
     for adapter in args.adapter:
-        if not (Path(adapter).expanduser() / CONFIG_NAME).is_file():
-            raise AdapterFormatError(f"--adapter {adapter}: not an adapter directory (no {CONFIG_NAME})")
+        check_adapter_dir(adapter, f"--adapter {adapter}")
     return load_trained(args.adapter, base=args.base, allow_pickle=args.allow_pickle)

@@ -149,12 +149,10 @@ def export_gguf_lora(adapter_dir: str | os.PathLike, out: str | os.PathLike, bas
     """Write the LoRA adapter in `adapter_dir` as a llama.cpp LoRA GGUF; with `check`, the parity figures."""
     from ..config import LoraConfig
     from ..inference import load_trained
-    from ..io import CONFIG_NAME, read_config
+    from ..io import check_adapter_dir, read_config
 
     start = time.perf_counter()
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / CONFIG_NAME).is_file():
-        raise UnsupportedAdapter(f"{adapter_dir}: not an adapter directory (no {CONFIG_NAME})")
+    adapter_dir = check_adapter_dir(adapter_dir, str(adapter_dir), UnsupportedAdapter)
     check_output_file(out, overwrite)
     config = read_config(adapter_dir)
     if not isinstance(config, LoraConfig) or config.use_dora:

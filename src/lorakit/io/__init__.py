@@ -201,6 +201,20 @@ def read_stack_record(adapter_dir: str | os.PathLike) -> list[Path]:
     return [Path(e) for e in earlier]
 
 
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` (`~` expanded) holds an `adapter_config.json`, the mark of an adapter directory."""
+    return (Path(path).expanduser() / CONFIG_NAME).is_file()
+
+
+def check_adapter_dir(path: str | os.PathLike, where: str, error: type[InputError] = AdapterFormatError) -> Path:
+    """`path` (`~` expanded) if it is an adapter directory; else `error` saying
+    "<where>: not an adapter directory (no adapter_config.json)". `where` names the input as the user
+    gave it (`--adapter DIR`, a recipe key and its value, ...); `error` is the caller's `InputError` kind."""
+    if not is_adapter_dir(path):
+        raise error(f"{where}: not an adapter directory (no {CONFIG_NAME})")
+    return Path(path).expanduser()
+
+
 def read_config(path: str | os.PathLike):
     """Read and validate `adapter_config.json` in `path` (lorakit- or peft-written), as its method's config class."""
     file = Path(path) / CONFIG_NAME

@@ -21,7 +21,7 @@ import torch
 
 from ..config import LoraConfig
 from ..errors import InputError
-from ..io import CONFIG_NAME, PREFIX, read_base_quantization, read_config, read_weights
+from ..io import PREFIX, check_adapter_dir, read_base_quantization, read_config, read_weights
 from ..io.shards import CheckpointMismatch, CheckpointReader
 from ..models import ModelNotFoundError, local_dir
 from ..tuners.lora import LoraAdapter
@@ -81,9 +81,7 @@ def open_source(ref: str, where: str, scratch: contextlib.ExitStack) -> ModelSou
     reader = _reader(directory, where)
     if adapter is None:
         return ModelSource(ref, directory, reader)
-    adapter_dir = Path(adapter).expanduser()
-    if not (adapter_dir / CONFIG_NAME).is_file():
-        raise InputError(f"{where}: {adapter}: not an adapter directory (no {CONFIG_NAME})")
+    adapter_dir = check_adapter_dir(adapter, f"{where}: {adapter}", InputError)
     config = read_config(adapter_dir)
     weights = read_weights(adapter_dir)
     if _is_plain_lora(config, weights, adapter_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import InputError
-from ..io import CONFIG_NAME, WEIGHTS_NAME, read_base_quantization, read_config
+from ..io import WEIGHTS_NAME, check_adapter_dir, read_base_quantization, read_config
 from .packed import CpuWeights, pack_linears
 
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -71,9 +71,7 @@ def plan(options: ServeOptions) -> _Plan:
     if options.router is not None:
         adapters = _with_router_tasks(options.router, adapters)
     for name, directory in adapters.items():
-        path = Path(directory).expanduser().resolve()
-        if not (path / CONFIG_NAME).is_file():
-            raise InputError(f"--adapter {name}={directory}: not an adapter directory (no {CONFIG_NAME})")
+        path = check_adapter_dir(directory, f"--adapter {name}={directory}", InputError).resolve()
         if not (path / WEIGHTS_NAME).is_file():
             raise InputError(f"--adapter {name}={directory}: no {WEIGHTS_NAME} (only safetensors adapters are served)")
         config = read_config(path)

@@ -21,7 +21,7 @@ from typing import Optional
 from torch import nn
 
 from ..errors import InputError
-from ..io import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, load_adapter, read_config, read_stack_record
+from ..io import STACK_NAME, WEIGHTS_NAME, check_adapter_dir, load_adapter, read_config, read_stack_record
 from ..routing import delete_adapter, list_adapters
 from .engine import Retry
 
@@ -96,8 +96,7 @@ class Registry:
         path = (candidate if candidate.is_absolute() else self.adapter_dir / candidate).resolve()
         if not path.is_relative_to(self.adapter_dir):
             raise Forbidden(f"lora_path {lora_path!r} is outside the adapter directory")
-        if not (path / CONFIG_NAME).is_file():
-            raise InputError(f"lora_path {lora_path!r}: not an adapter directory (no {CONFIG_NAME})")
+        check_adapter_dir(path, f"lora_path {lora_path!r}", InputError)
         if not (path / WEIGHTS_NAME).is_file():
             raise InputError(f"lora_path {lora_path!r}: no {WEIGHTS_NAME} (only safetensors adapters are served)")
         return path

@@ -37,8 +37,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import atomic_write
-from ..io import (WEIGHTS_NAME, AdapterFormatError, adapter_tensors, attach_adapter, copy_weights, read_config,
-                  read_weights)
+from ..io import (WEIGHTS_NAME, AdapterFormatError, adapter_tensors, attach_adapter, check_adapter_dir, copy_weights,
+                  read_config, read_weights)
 from ..state import set_adapter
 from ..io.shards import check_safetensors
 from ..tuners.base import TrainingHooks
@@ -81,8 +81,7 @@ def check_inputs(config: RunConfig) -> None:
 
 
 def _check_adapter(path: Path, key: str):
-    if not path.is_dir():
-        raise ContinualInputError(f"{key}: {path}: not an adapter directory")
+    check_adapter_dir(path, f"{key}: {path}", ContinualInputError)
     try:
         return read_config(path)
     except AdapterFormatError as e:

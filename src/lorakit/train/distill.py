@@ -20,7 +20,6 @@ with any other run's.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -116,10 +115,10 @@ def check_vocabularies(student_tokenizer, teacher_tokenizer, teacher_name: str) 
 
 def check_teacher(teacher: str) -> None:
     """Fail in a second, before any model loads, when the teacher cannot be found."""
-    from ..io import CONFIG_NAME
+    from ..io import is_adapter_dir
     from ..models import ModelNotFoundError, resolve
 
-    if teacher == SELF or (Path(teacher).expanduser() / CONFIG_NAME).is_file():
+    if teacher == SELF or is_adapter_dir(teacher):
         return
     try:
         resolve(teacher)
