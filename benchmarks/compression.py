@@ -96,7 +96,7 @@ class OnnxRow:
         from lorakit.data.formats import load_dataset
         from lorakit.data.tokenize import encode_prompt
         from lorakit.train.evaluate import normalize_answer
-        from lorakit.train.prepare import data_path
+        from lorakit.data.io import data_path
 
         rows = load_dataset(data_path(EVAL, "eval")).rows[:max_samples]
         encoded = [encode_prompt(self.tokenizer, conv) for conv in rows]
@@ -142,7 +142,7 @@ class LlamaCppRow:
         from lorakit.data.formats import load_dataset
         from lorakit.data.tokenize import encode_prompt
         from lorakit.train.evaluate import normalize_answer
-        from lorakit.train.prepare import data_path
+        from lorakit.data.io import data_path
 
         rows = load_dataset(data_path(EVAL, "eval")).rows[:max_samples]
         right = 0

@@ -57,7 +57,7 @@ class TaskSpec:
 def prompts_of(source: str, key: str = "data", limit: Optional[int] = None) -> list[str]:
     """The prompts of a data file: each conversation's last user message (chat rows) or the text."""
     from .data.formats import load_dataset
-    from .train.prepare import data_path
+    from .data.io import data_path
 
     dataset = load_dataset(data_path(source, key))
     if dataset.kind == "chat":
@@ -289,7 +289,7 @@ def parse_task_specs(specs: Sequence[str]) -> dict[str, TaskSpec]:
     """`["NAME=ADAPTER_DIR:DATA", ...]` (DATA: a file or bundled:NAME) → {NAME: TaskSpec}, checked."""
     from .io import check_adapter_dir
     from .serve.registry import NAME
-    from .train.prepare import data_path
+    from .data.io import data_path
 
     tasks: dict[str, TaskSpec] = {}
     for spec in specs:

@@ -23,7 +23,7 @@ def _seed(text: str) -> int:
 
 
 def _path(value: str, key: str):
-    from ..train.prepare import data_path
+    from ..data.io import data_path
 
     return data_path(value, key)
 

@@ -47,7 +47,7 @@ def _eval_one(args) -> int:
     """One --data file: one line of metrics (or one JSON object), nothing written."""
     from ..data.formats import load_dataset
     from ..train.evaluate import evaluate_dataset
-    from ..train.prepare import data_path
+    from ..data.io import data_path
 
     dataset = load_dataset(data_path(args.data[0], "--data"), args.format)
     trained = load_trained_from_args(args)

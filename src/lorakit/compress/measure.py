@@ -69,7 +69,7 @@ def quality(model: nn.Module, tokenizer, data: str, labels: Optional[list] = Non
     (a file or bundled:NAME)."""
     from ..data.formats import load_dataset
     from ..train.evaluate import evaluate_dataset
-    from ..train.prepare import data_path
+    from ..data.io import data_path
 
     dataset = load_dataset(data_path(data, "--eval"))
     result = evaluate_dataset(model, tokenizer, dataset, labels=labels, max_samples=max_samples,

@@ -92,7 +92,7 @@ def calibration_batches(tokenizer, data: str, max_samples: int = 64, max_length:
     from ..data.batching import grouped_batches
     from ..data.formats import Dataset, load_dataset
     from ..data.tokenize import encode_dataset
-    from ..train.prepare import data_path
+    from ..data.io import data_path
 
     dataset = load_dataset(data_path(data, "--calibration"))
     if dataset.kind == "classification":

@@ -26,7 +26,7 @@ from lorakit.data.check import CheckReport, check_file
 from lorakit.data.convert import ChatFormat, convert_file, split_file
 from lorakit.data.dedupe import dedupe_file, find_duplicates
 from lorakit.data.formats import FORMATS, Dataset, detect_format, load_dataset, normalize_records
-from lorakit.data.io import DataError, read_records
+from lorakit.data.io import DataError, data_path, read_records
 from lorakit.data.self_instruct import self_instruct_file
 from lorakit.data.tokenize import (
     IGNORE,
@@ -46,8 +46,8 @@ __all__ = [
     "AugmentMethod", "ChatFormat", "CheckReport", "augment_file", "check_file", "convert_file", "dedupe_file",
     "find_duplicates", "self_instruct_file", "split_file",
     "BatchLoader", "ClassificationExample", "DataError", "Dataset", "EncodeStats", "Example", "FORMATS", "IGNORE",
-    "ResumableBatches", "block_causal_mask", "build_label_map", "collate_packed", "collate_padded", "detect_format",
-    "encode_classification", "encode_conversation", "encode_dataset", "encode_prompt", "encode_text",
+    "ResumableBatches", "block_causal_mask", "build_label_map", "collate_packed", "collate_padded", "data_path",
+    "detect_format", "encode_classification", "encode_conversation", "encode_dataset", "encode_prompt", "encode_text",
     "grouped_batches", "length_grouped_plan", "load_dataset", "normalize_records", "packed_batches", "packed_plan",
     "read_records", "render_ids",
 ]

@@ -23,10 +23,27 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from ..files import read_text
+from . import bundled
 
 
 class DataError(InputError):
     """A problem with a data file; the message is one line starting with ``file:location:``."""
+
+
+def data_path(value: str, key: str) -> Path:
+    """The data file `value` names: `bundled:NAME` → the shipped file; anything else must be an existing
+    file (`key`: the option or config key it came from, for the error)."""
+    if value.startswith("bundled:"):
+        try:
+            return bundled.path(value.split(":", 1)[1])
+        except KeyError as e:
+            raise DataError(f"{key}: {value}: {e.args[0]}") from None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise DataError(f"{key}: {value} is a directory, not a data file")
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {value}")
+    return path
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def evaluate_suites(trained, sources: Sequence[str], probe: Optional[Probe] = No
     (detected per file when None)."""
     from ..data.formats import load_dataset
     from .evaluate import evaluate_dataset
-    from .prepare import data_path
+    from ..data.io import data_path
 
     if not sources and probe is None:
         raise InputError("--data: nothing to evaluate (give --data, eval.suites in the run config, or --probe)")
@@ -209,7 +209,7 @@ def evaluate_and_record(load: Callable[[], object], sources: Sequence[str], prob
     """`lorakit eval` with a table: the sources (or `eval.suites` of `config`, else of the adapter's run
     config.yaml) checked, the model loaded by `load()`, scored, and the rows appended to `out` or the
     run's metrics.jsonl. Returns the rows and the file they went to (None: not a run, no `out`)."""
-    from .prepare import data_path
+    from ..data.io import data_path
 
     sources = list(sources)
     if not sources:

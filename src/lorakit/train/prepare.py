@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from ..inject import inject
-from ..data import bundled
 from ..data.batching import BatchLoader, grouped_batches, packed_batches
 from ..data.formats import Dataset, empty_targets, load_dataset
 from ..data.mixing import mixed_batches
-from ..data.io import DataError
+from ..data.io import DataError, data_path
 from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
 from ..models import load_causal_lm, load_classifier
@@ -58,21 +56,6 @@ class Prepared:
     labels: Optional[list] = None
     aux: Optional[nn.Module] = None  # what the loss trains besides the model (distillation's projections)
     train_examples: list = field(default_factory=list)  # the encoded training rows (no replay rows)
-
-
-def data_path(value: str, key: str) -> Path:
-    """`bundled:NAME` → the shipped file; anything else must be an existing file."""
-    if value.startswith("bundled:"):
-        try:
-            return bundled.path(value.split(":", 1)[1])
-        except KeyError as e:
-            raise DataError(f"{key}: {value}: {e.args[0]}") from None
-    path = Path(value).expanduser()
-    if path.is_dir():
-        raise DataError(f"{key}: {value} is a directory, not a data file")
-    if not path.is_file():
-        raise DataError(f"{key}: file not found: {value}")
-    return path
 
 
 def with_prefix(ds: Dataset, prefix: str) -> Dataset:
