@@ -105,6 +105,20 @@ def test_bad_data_row_exits_2_naming_file_and_line(tmp_path, capsys):
     assert f"{data}:2" in err and "output" in err
 
 
+@pytest.mark.parametrize("extra", [[], ["--data", "{good}"], ["--probe"], ["--out", "{tmp}/rows.jsonl"]],
+                         ids=["one-file", "two-files", "probe", "out"])
+def test_eval_bad_data_row_fails_before_any_model_loads(extra, tmp_path, sft_files, monkeypatch, capsys):
+    import lorakit.inference
+
+    monkeypatch.setattr(lorakit.inference, "load_trained", lambda *a, **k: pytest.fail("loaded a model"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    extra = [a.format(good=sft_files[1], tmp=tmp_path) for a in extra]
+    err = _one_line_error(capsys, ["eval", "--model", "any", *extra, "--data", str(bad)])
+    assert f"{bad}:2" in err and "output" in err
+    assert not (tmp_path / "rows.jsonl").exists()
+
+
 def test_hub_id_while_offline_exits_2(capsys, sft_files):
     err = _one_line_error(capsys, ["eval", "--model", "meta-llama/Llama-3.1-8B", "--data", sft_files[1]])
     assert "does not download from a hub" in err

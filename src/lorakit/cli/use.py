@@ -24,41 +24,30 @@ def cmd_eval(args) -> int:
         return _compare(args)
     if args.adapter is None and args.model is None:
         raise InputError("one of the arguments --adapter --model is required (or --compare RUN_A RUN_B)")
-    if len(args.data) == 1 and args.probe is None and args.out is None and args.config is None:
-        return _eval_one(args)
-    from ..train.forgetting import EvalOptions, evaluate_and_record, format_table
+    from ..train.forgetting import EvalOptions, evaluate_and_record, evaluate_file, format_table
 
     options = EvalOptions(max_length=args.max_length, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, max_samples=args.max_samples,
                           probe_max_new_tokens=args.probe_max_new_tokens)
-    rows, written = evaluate_and_record(lambda: load_trained_from_args(args), args.data, args.probe, options,
-                                        config=args.config, out=args.out, adapter=args.adapter[-1] if args.adapter else None,
-                                        format=args.format)
+
+    def load():  # called once every data row has been read and checked
+        return load_trained_from_args(args)
+
+    if len(args.data) == 1 and args.probe is None and args.out is None and args.config is None:
+        metrics = evaluate_file(load, args.data[0], options, args.format)  # one line, nothing written
+        if args.json:
+            print(json.dumps(metrics))
+        else:
+            print("  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()))
+        return 0
+    rows, written = evaluate_and_record(load, args.data, args.probe, options, config=args.config, out=args.out,
+                                        adapter=args.adapter[-1] if args.adapter else None, format=args.format)
     if args.json:
         print("\n".join(json.dumps(r) for r in rows))
     else:
         print(format_table(rows))
         if written is not None:
             print(f"rows appended to {written}")
-    return 0
-
-
-def _eval_one(args) -> int:
-    """One --data file: one line of metrics (or one JSON object), nothing written."""
-    from ..data.formats import load_dataset
-    from ..train.evaluate import evaluate_dataset
-    from ..data.io import data_path
-
-    dataset = load_dataset(data_path(args.data[0], "--data"), args.format)
-    trained = load_trained_from_args(args)
-    result = evaluate_dataset(trained.model, trained.tokenizer, dataset, labels=trained.labels,
-                              max_length=args.max_length, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, max_samples=args.max_samples)
-    metrics = {**result.metrics(), "rows": min(len(dataset), args.max_samples or len(dataset))}
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        print("  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()))
     return 0
 
 

@@ -28,12 +28,15 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..data.overlap import rouge_l, token_f1
 from ..errors import InputError
 from ..files import atomic_write_text, read_text
 from ..tuners.layers import LayerWrapper
+
+if TYPE_CHECKING:
+    from ..data.formats import Dataset
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "data" / "probe"
 GENERAL_TEXT = "general_text"
@@ -81,6 +84,26 @@ def general_prompts() -> list[str]:
             if l.strip()]
 
 
+def load_suites(sources: Sequence[str], format: Optional[str] = None) -> list[tuple[str, Dataset]]:
+    """(source, Dataset) for each data source (a file or `bundled:NAME`): every path checked, then every file
+    read and every row validated, so a bad input fails before any model loads or any work starts.
+    `format`: the files' row format (detected per file when None)."""
+    from ..data.formats import load_dataset
+    from ..data.io import data_path
+
+    paths = [data_path(s, "--data") for s in sources]
+    return [(s, load_dataset(path, format)) for s, path in zip(sources, paths)]
+
+
+def evaluate_file(load: Callable[[], object], source: str, options: EvalOptions = EvalOptions(),
+                  format: Optional[str] = None) -> dict:
+    """`lorakit eval --data FILE`: the file (or `bundled:NAME`) read and every row checked, then the model
+    loaded by `load()` (e.g. `lambda: load_trained(dir)`) and scored: its metrics and the rows scored."""
+    ((_, dataset),) = load_suites([source], format)
+    rows, metrics = _score(load(), dataset, options)
+    return {**metrics, "rows": rows}
+
+
 def evaluate_suites(trained, sources: Sequence[str], probe: Optional[Probe] = None,
                     options: EvalOptions = EvalOptions(), cache: Optional[Path] = None,
                     format: Optional[str] = None) -> list[dict]:
@@ -89,26 +112,33 @@ def evaluate_suites(trained, sources: Sequence[str], probe: Optional[Probe] = No
     `trained`: a `lorakit.inference.Trained` (model, tokenizer, base name, adapter dir). `cache`: where the
     base's probe answers are kept (default `$LORAKIT_CACHE/probe`). `format`: the files' row format
     (detected per file when None)."""
-    from ..data.formats import load_dataset
-    from .evaluate import evaluate_dataset
-    from ..data.io import data_path
-
     if not sources and probe is None:
         raise InputError("--data: nothing to evaluate (give --data, eval.suites in the run config, or --probe)")
-    datasets = [(s, load_dataset(data_path(s, "--data"), format)) for s in sources]  # every file checked before any work
+    return _score_suites(trained, load_suites(sources, format), probe, options, cache)
+
+
+def _score_suites(trained, datasets: list[tuple[str, Dataset]], probe: Optional[Probe], options: EvalOptions,
+                  cache: Optional[Path] = None) -> list[dict]:
+    """`evaluate_suites` on data already read (`load_suites`)."""
     stamp = {"model": str(trained.adapter_dir or trained.base), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                    time.gmtime())}
     rows = []
     for source, dataset in datasets:
-        result = evaluate_dataset(trained.model, trained.tokenizer, dataset, labels=trained.labels,
-                                  max_length=options.max_length, max_new_tokens=options.max_new_tokens,
-                                  batch_size=options.batch_size, max_samples=options.max_samples)
-        rows.append({"split": "suite", "suite": suite_name(source),
-                     "rows": min(len(dataset.rows), options.max_samples or len(dataset.rows)),
-                     **result.metrics(), **stamp})
+        scored, metrics = _score(trained, dataset, options)
+        rows.append({"split": "suite", "suite": suite_name(source), "rows": scored, **metrics, **stamp})
     if probe is not None:
         rows += [{**row, **stamp} for row in general_probe(trained, probe, options, cache)]
     return rows
+
+
+def _score(trained, dataset: Dataset, options: EvalOptions) -> tuple[int, dict]:
+    """(rows scored, metrics) of one data set, by the trainer's own recipe (`evaluate.evaluate_dataset`)."""
+    from .evaluate import evaluate_dataset
+
+    result = evaluate_dataset(trained.model, trained.tokenizer, dataset, labels=trained.labels,
+                              max_length=options.max_length, max_new_tokens=options.max_new_tokens,
+                              batch_size=options.batch_size, max_samples=options.max_samples)
+    return min(len(dataset.rows), options.max_samples or len(dataset.rows)), result.metrics()
 
 
 def suite_name(source: str) -> str:
@@ -207,10 +237,8 @@ def evaluate_and_record(load: Callable[[], object], sources: Sequence[str], prob
                         out: Optional[str] = None, adapter: Optional[str] = None,
                         format: Optional[str] = None) -> tuple[list[dict], Optional[Path]]:
     """`lorakit eval` with a table: the sources (or `eval.suites` of `config`, else of the adapter's run
-    config.yaml) checked, the model loaded by `load()`, scored, and the rows appended to `out` or the
-    run's metrics.jsonl. Returns the rows and the file they went to (None: not a run, no `out`)."""
-    from ..data.io import data_path
-
+    config.yaml) read and every row checked, then the model loaded by `load()`, scored, and the rows appended
+    to `out` or the run's metrics.jsonl. Returns the rows and the file they went to (None: not a run, no `out`)."""
     sources = list(sources)
     if not sources:
         run_config = Path(config) if config else (Path(adapter).expanduser().parent / "config.yaml" if adapter else None)
@@ -220,14 +248,13 @@ def evaluate_and_record(load: Callable[[], object], sources: Sequence[str], prob
                 raise InputError(f"--data: none given and {run_config} has no eval.suites")
     elif config:
         raise InputError("--config: reads eval.suites when no --data is given; pass one or the other")
-    for s in sources:
-        data_path(s, "--data")
     if not sources and probe is None:
         raise InputError("--data: nothing to evaluate (give --data, eval.suites in the run config, or --probe)")
     if out is not None and Path(out).expanduser().is_dir():
         raise InputError(f"--out {out}: is a directory; give a .jsonl file")
+    datasets = load_suites(sources, format)
     trained = load()
-    rows = evaluate_suites(trained, sources, probe, options, format=format)
+    rows = _score_suites(trained, datasets, probe, options)
     run = run_dir_of(trained)
     target = Path(out).expanduser() if out is not None else (run / "metrics.jsonl" if run is not None else None)
     if target is not None:
