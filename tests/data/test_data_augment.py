@@ -80,3 +80,12 @@ def test_model_paraphrase_with_the_embedded_model(tmp_path):
     assert result.variants + sum(result.rejected.values()) == 2
     rows = load_dataset(tmp_path / "m.jsonl").rows
     assert len(rows) == 1 + result.variants and all(r[-1]["content"] == "Waves." for r in rows)
+
+
+def test_rules_refuse_a_model(tmp_path):
+    from lorakit.errors import InputError
+
+    src = write(tmp_path / "in.jsonl", ROWS)
+    with pytest.raises(InputError, match="--model goes with --method model"):
+        augment_file(src, tmp_path / "o.jsonl", AugmentMethod.RULES, model="x")
+    assert not (tmp_path / "o.jsonl").exists()

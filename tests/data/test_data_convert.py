@@ -62,3 +62,11 @@ def test_split_per_label_keeps_every_label_in_train(tmp_path):
                         eval_out=tmp_path / "ev.jsonl")
     assert result.stratified and result.eval == 10
     assert "rare" in (tmp_path / "tr.jsonl").read_text() and "rare" not in (tmp_path / "ev.jsonl").read_text()
+
+
+def test_split_of_a_bundled_dataset_writes_to_the_current_directory(tmp_path, monkeypatch):
+    from lorakit.data import bundled
+
+    monkeypatch.chdir(tmp_path)
+    result = split_file(bundled.path("quickstart_eval"), 0.5, seed=0)
+    assert result.train_path.resolve() == tmp_path / "quickstart_eval_train.jsonl" and result.eval_path.is_file()

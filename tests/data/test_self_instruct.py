@@ -81,3 +81,11 @@ def test_self_instruct_with_the_embedded_model(tmp_path):
     rows = [json.loads(l) for l in (tmp_path / "new.jsonl").read_text().splitlines()]
     pool = [words(t.instruction) for t in SEEDS]
     assert all(reject_reason(SeedTask(r["instruction"], r["output"]), pool, 0.7) is None for r in rows)
+
+
+def test_file_warns_when_fewer_tasks_pass_than_asked(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": t.instruction, "output": t.output}) + "\n" for t in SEEDS))
+    with pytest.warns(UserWarning, match="only 0 of 2 tasks passed the filters in 4 prompts"):
+        result = self_instruct_file(seeds, 2, tmp_path / "new.jsonl", generate=Stub(["x"] * 4), max_attempts=4)
+    assert result.tasks == [] and (tmp_path / "new.jsonl").is_file()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 
 from ..data.augment import AugmentMethod
 from ..data.convert import ChatFormat
@@ -56,8 +55,7 @@ def cmd_convert(args) -> int:
 def cmd_split(args) -> int:
     from ..data.convert import split_file
 
-    out_dir = args.out_dir if args.out_dir is not None or not args.file.startswith("bundled:") else "."
-    result = split_file(_path(args.file, "FILE"), args.eval, args.seed, out_dir, args.train_out, args.eval_out,
+    result = split_file(_path(args.file, "FILE"), args.eval, args.seed, args.out_dir, args.train_out, args.eval_out,
                         _format(args), args.overwrite)
     per_label = " (per label)" if result.stratified else ""
     print(f"train {result.train} rows: {result.train_path}\neval {result.eval} rows: {result.eval_path}{per_label}")
@@ -75,14 +73,9 @@ def cmd_dedupe(args) -> int:
 def cmd_augment(args) -> int:
     from ..data.augment import augment_file
 
-    method = AugmentMethod(args.method)
-    if method is AugmentMethod.RULES and args.model:
-        from ..errors import InputError
-
-        raise InputError("--model goes with --method model; the rules need no model")
-    result = augment_file(_path(args.source, "IN"), args.output, method, args.n_per_row, args.seed, _format(args),
-                          keep_original=not args.variants_only, model=args.model, overwrite=args.overwrite,
-                          temperature=args.temperature)
+    result = augment_file(_path(args.source, "IN"), args.output, AugmentMethod(args.method), args.n_per_row, args.seed,
+                          _format(args), keep_original=not args.variants_only, model=args.model,
+                          overwrite=args.overwrite, temperature=args.temperature)
     print(f"{result.summary()}: {args.output}")
     return 0
 
@@ -94,9 +87,6 @@ def cmd_self_instruct(args) -> int:
                                 seed=args.seed, k=args.k, threshold=args.threshold, temperature=args.temperature,
                                 max_attempts=args.max_attempts, overwrite=args.overwrite)
     print(f"{result.summary()}: {args.output}")
-    if len(result.tasks) < args.n:
-        warnings.warn(f"only {len(result.tasks)} of {args.n} tasks passed the filters in {result.attempts} prompts; "
-                      "raise --max-attempts or add seed tasks")
     return 0
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import InputError
 from .dedupe import normalize_text
 from .formats import normalize_records
 from .generator import Generate
@@ -123,6 +124,8 @@ def augment_file(source: str | Path, output: str | Path, method: AugmentMethod =
     ``method`` model uses ``generate`` (prompts -> replies) or builds one from ``model`` (default: the embedded
     SmolLM2) sampling at ``temperature`` with torch seeded by ``seed``. ``keep_original=False`` writes variants only."""
     method = AugmentMethod(method)
+    if method is AugmentMethod.RULES and model is not None:
+        raise InputError("--model goes with --method model; the rules need no model")
     if n_per_row < 1:
         raise DataError(f"augment: n_per_row must be at least 1, got {n_per_row}")
     output = check_output_file(output, (source,), overwrite)

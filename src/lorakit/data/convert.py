@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import bundled
 from .formats import normalize_records
 from .io import DataError, check_output_file, read_records, write_records
 
@@ -126,9 +127,13 @@ def split_file(source: str | Path, eval_fraction: float = 0.1, seed: int = 0, ou
                format: Optional[str] = None, overwrite: bool = False) -> SplitResult:
     """Split a data file into train and eval files, deterministic for a seed (`split_indices`; classification rows
     are split per label). Rows keep their file order and their original keys. Default outputs:
-    ``OUT_DIR/STEM_train.jsonl`` and ``OUT_DIR/STEM_eval.jsonl``, OUT_DIR defaulting to the source's folder."""
+    ``OUT_DIR/STEM_train.jsonl`` and ``OUT_DIR/STEM_eval.jsonl``, OUT_DIR defaulting to the source's folder
+    (the current directory for a bundled dataset: never into the installed package)."""
     source = Path(source)
-    folder = Path(out_dir).expanduser() if out_dir is not None else source.parent
+    if out_dir is not None:
+        folder = Path(out_dir).expanduser()
+    else:
+        folder = Path(".") if bundled.holds(source) else source.parent
     train_out = Path(train_out) if train_out is not None else folder / f"{source.stem}_train.jsonl"
     eval_out = Path(eval_out) if eval_out is not None else folder / f"{source.stem}_eval.jsonl"
     if train_out.expanduser().resolve() == eval_out.expanduser().resolve():

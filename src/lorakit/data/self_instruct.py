@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,4 +161,7 @@ def self_instruct_file(seed_tasks: str | Path, n: int, output: str | Path, gener
         generate = model_generator(model, temperature=temperature, seed=seed, max_new_tokens=192)
     result = self_instruct(seeds, n, generate, seed=seed, k=k, threshold=threshold, max_attempts=max_attempts)
     write_records(output, [{"instruction": t.instruction, "output": t.output} for t in result.tasks])
+    if len(result.tasks) < n:
+        warnings.warn(f"only {len(result.tasks)} of {n} tasks passed the filters in {result.attempts} prompts; "
+                      "raise max_attempts (--max-attempts) or add seed tasks", stacklevel=2)
     return result

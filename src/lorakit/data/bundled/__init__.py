@@ -14,6 +14,11 @@ NAMES = ("quickstart_train", "quickstart_eval", "classify_train", "classify_eval
          "contacts_train", "contacts_eval", "orders_train", "orders_eval")
 
 
+def holds(file: str | Path) -> bool:
+    """Whether `file` is one of the shipped files (outputs derived from it belong elsewhere, not in the package)."""
+    return Path(file).expanduser().resolve().parent == _HERE.resolve()
+
+
 def path(name: str) -> Path:
     """Path of the bundled JSONL file ``name`` (with or without ``.jsonl``); KeyError if unknown."""
     stem = name[:-6] if name.endswith(".jsonl") else name
