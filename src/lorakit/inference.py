@@ -6,11 +6,12 @@
 An adapter directory names its base in `adapter_config.json` (`base_model_name_or_path`). lorakit
 writes two more files beside it that peft ignores: `base_quantization.json` for a QLoRA adapter
 (it is applied to the same 4-bit base it was trained on) and `labels.json`, a classifier's label
-names.
+names. `task_prefixes.json` holds the task prefixes of a multi-task run (`Trained.prefixes`; applied
+by `task_prefix` when a caller names a task, see `lorakit.data.prefixes`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +21,7 @@ from torch import nn
 from .errors import InputError
 from .files import read_json
 from .io import (CONFIG_NAME, WEIGHTS_NAME, AdapterFormatError, attach_adapter, check_adapter_dir, is_adapter_dir,
-                 read_base_quantization, read_config, read_stack_record, read_weights)
+                 read_base_quantization, read_config, read_stack_record, read_task_prefixes, read_weights)
 from .models import ModelNotFoundError, load_causal_lm, load_classifier, resolve
 from .state import set_adapter
 from .train.config import Task
@@ -36,6 +37,14 @@ class Trained:
     base: str  # the base model's name or path
     labels: Optional[list] = None
     adapter_dir: Optional[Path] = None
+    prefixes: dict[str, str] = field(default_factory=dict)  # task name -> prefix it was trained with
+
+
+def task_prefix(trained: Trained, task: Optional[str], key: str = "--task") -> str:
+    """The prefix `trained` was trained with for `task` ("" for None); an InputError naming `key` if it has none."""
+    from .data.prefixes import prefix_for
+
+    return prefix_for(trained.prefixes, task, key, trained.adapter_dir or trained.base)
 
 
 def load_trained(path: str | Path | Sequence[str | Path], base: Optional[str] = None,
@@ -95,7 +104,7 @@ def _load_adapter_dir(path: Path, base: Optional[str], allow_pickle: bool = Fals
         model, tokenizer = load_causal_lm(base, dtype, quantization=quantization, quant_options=options)
         task = Task.SFT
     attach_adapter(model, config, weights, path / WEIGHTS_NAME)
-    return Trained(model.eval(), tokenizer, task, base, labels, path)
+    return Trained(model.eval(), tokenizer, task, base, labels, path, read_task_prefixes(path))
 
 
 STACKED = "stacked_{}"
@@ -108,7 +117,7 @@ def _load_stack(paths: list[Path], base: Optional[str], allow_pickle: bool) -> T
     for path in paths[:-1]:
         check_adapter_dir(path, f"--adapter {path}")
         earlier.append((path, read_config(path), read_weights(path, allow_pickle)))
-    trained = _load_adapter_dir(paths[-1], base, allow_pickle)
+    trained = _load_adapter_dir(paths[-1], base, allow_pickle)  # (its task prefixes: the last adapter's)
     names = []
     for i, (path, config, weights) in enumerate(earlier):
         try:
@@ -134,9 +143,11 @@ def _load_model(name: str) -> Trained:
         saved = [config.id2label[i] for i in range(len(config.id2label))]  # the saved head's labels, in order
         model, tokenizer = load_classifier(name, saved)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        return Trained(model.eval(), tokenizer, Task.CLASSIFICATION, name, labels)
+        return Trained(model.eval(), tokenizer, Task.CLASSIFICATION, name, labels,
+                       prefixes=read_task_prefixes(location))
     model, tokenizer = load_causal_lm(name)
-    return Trained(model.eval(), tokenizer, Task.SFT, name)
+    return Trained(model.eval(), tokenizer, Task.SFT, name,
+                   prefixes=read_task_prefixes(location) if location.is_dir() else {})
 
 
 def chat_messages(prompt: str, system: Optional[str] = None, history: Optional[list] = None) -> list[dict]:

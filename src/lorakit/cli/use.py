@@ -34,7 +34,8 @@ def cmd_eval(args) -> int:
         return load_trained_from_args(args)
 
     if len(args.data) == 1 and args.probe is None and args.out is None and args.config is None:
-        metrics = evaluate_file(load, args.data[0], options, args.format)  # one line, nothing written
+        metrics = evaluate_file(load, args.data[0], options, args.format,  # one line, nothing written
+                                adapter=args.adapter[-1] if args.adapter else None)
         if args.json:
             print(json.dumps(metrics))
         else:
@@ -63,8 +64,17 @@ def _compare(args) -> int:
     return 0
 
 
+def _check_task(args) -> None:
+    """`--task NAME` that the adapter records no prefix for: refused before the model loads."""
+    from ..data.prefixes import prefix_for
+    from ..io import is_adapter_dir, read_task_prefixes
+
+    if args.task is not None and args.adapter and is_adapter_dir(args.adapter[-1]):
+        prefix_for(read_task_prefixes(args.adapter[-1]), args.task, "--task", args.adapter[-1])
+
+
 def cmd_generate(args) -> int:
-    from ..inference import classify, generate
+    from ..inference import classify, generate, task_prefix
     from ..train.config import Task
 
     if not args.prompt.strip():
@@ -77,22 +87,27 @@ def cmd_generate(args) -> int:
         task, trained = load_routed(args.router, args.prompt, allow_pickle=args.allow_pickle)
         print(f"[routed to {task}]", file=sys.stderr, flush=True)
     else:
+        _check_task(args)
         trained = load_trained_from_args(args)
+    prompt = task_prefix(trained, args.task) + args.prompt
     if trained.task is Task.CLASSIFICATION:
-        label, p = classify(trained, args.prompt)
+        label, p = classify(trained, prompt)
         print(f"{label}\t{p:.3f}")
         return 0
-    generate(trained, args.prompt, args.max_new_tokens, args.temperature, args.system,
+    generate(trained, prompt, args.max_new_tokens, args.temperature, args.system,
              on_text=lambda piece: print(piece, end="", flush=True))
     print()
     return 0
 
 
 def cmd_chat(args) -> int:
-    from ..inference import chat_messages, generate
+    from ..data.prefixes import prefix_messages
+    from ..inference import chat_messages, generate, task_prefix
     from ..train.config import Task
 
+    _check_task(args)
     trained = load_trained_from_args(args)
+    prefix = task_prefix(trained, args.task)
     if trained.task is not Task.SFT:
         raise InputError(f"{args.adapter[-1] if args.adapter else args.model}: a classifier cannot chat; "
                          "use lorakit generate")
@@ -110,6 +125,8 @@ def cmd_chat(args) -> int:
             history = []
             continue
         messages = chat_messages(line, args.system, history)
+        if not history:  # the task prefix goes in front of the first user message, as in training
+            messages = prefix_messages(messages, prefix)
         print("bot> ", end="", flush=True)
         reply = generate(trained, messages, args.max_new_tokens, args.temperature,
                          on_text=lambda piece: print(piece, end="", flush=True))
@@ -121,9 +138,10 @@ def register(sub, parent) -> None:
     p = sub.add_parser("eval", parents=[parent], formatter_class=RAW, epilog=EVAL_EPILOG,
                        help="loss, perplexity, exact match or accuracy on data files; forgetting (--probe, --compare)")
     model_args(p, required=False)
-    p.add_argument("--data", action="append", default=[], metavar="FILE",
+    p.add_argument("--data", action="append", default=[], metavar="[TASK=]FILE",
                    help="data file (json, jsonl, csv, parquet) or bundled:NAME; repeat to score several sets as one "
-                        "table (default: eval.suites of the run's config.yaml)")
+                        "table (default: eval.suites of the run's config.yaml). TASK=FILE puts the prefix the "
+                        "adapter was trained with for TASK (task_prefixes.json) in front of every prompt")
     p.add_argument("--format", choices=list(FORMATS), help="data format (detected per file when omitted)")
     p.add_argument("--probe", type=Probe, nargs="?", const=Probe.ALL, metavar="KIND",
                    help="add the general-skill probe: perplexity (general-text sample), agreement (with the base "
@@ -148,9 +166,17 @@ def register(sub, parent) -> None:
                                                        "for the prompt")
     p.add_argument("prompt")
     gen_args(p)
+    task_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", parents=[parent], help="interactive chat, streaming tokens")
     model_args(p)
     gen_args(p)
+    task_arg(p)
     p.set_defaults(func=cmd_chat)
+
+
+def task_arg(p) -> None:
+    p.add_argument("--task", metavar="NAME", help="put the prefix the adapter was trained with for this task "
+                                                  "(a data.train source's name, task_prefixes.json) in front of "
+                                                  "the prompt")

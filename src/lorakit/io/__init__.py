@@ -215,6 +215,29 @@ def check_adapter_dir(path: str | os.PathLike, where: str, error: type[InputErro
     return Path(path).expanduser()
 
 
+TASKS_NAME = "task_prefixes.json"
+"""Beside an adapter trained on `data.train` sources with prefixes: `{"tasks": {NAME: PREFIX, ...}}`, every
+source's prefix by task name, applied again by eval / generate / serve when a task is named (lorakit's own
+file; peft ignores it)."""
+
+
+def write_task_prefixes(adapter_dir: str | os.PathLike, prefixes: dict[str, str]) -> None:
+    """Record the task prefixes `adapter_dir` was trained with (see `lorakit.data.prefixes`)."""
+    atomic_write_text(Path(adapter_dir) / TASKS_NAME, json.dumps({"tasks": dict(prefixes)}, indent=2) + "\n")
+
+
+def read_task_prefixes(adapter_dir: str | os.PathLike) -> dict[str, str]:
+    """The task prefixes `adapter_dir` was trained with ({} for an adapter without the record)."""
+    file = Path(adapter_dir).expanduser() / TASKS_NAME
+    if not file.is_file():
+        return {}
+    tasks = read_json(file, AdapterFormatError, expect=dict).get("tasks")
+    if not isinstance(tasks, dict) or not all(isinstance(k, str) and k and isinstance(v, str)
+                                              for k, v in tasks.items()):
+        raise AdapterFormatError(f"{file}: tasks: expected an object of task name -> prefix string")
+    return dict(tasks)
+
+
 def read_config(path: str | os.PathLike):
     """Read and validate `adapter_config.json` in `path` (lorakit- or peft-written), as its method's config class."""
     file = Path(path) / CONFIG_NAME

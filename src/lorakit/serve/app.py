@@ -92,7 +92,8 @@ def openai_router(engine: Optional[Engine], registry: Registry, api_key: Optiona
         if engine is not None:
             base["max_model_len"] = engine.max_model_len
         adapters = [{"id": e.name, "object": "model", "created": started, "owned_by": "lorakit", "root": str(e.path),
-                     "parent": registry.base_name, "task": e.task, "loaded": e.loaded} for e in registry.listing()]
+                     "parent": registry.base_name, "task": e.task, "loaded": e.loaded,
+                     **({"task_prefixes": sorted(e.prefixes)} if e.prefixes else {})} for e in registry.listing()]
         auto = ([{"id": "auto", "object": "model", "created": started, "owned_by": "lorakit", "root": None,
                   "parent": registry.base_name, "task": "router", "routes_to": task_router.names}]
                 if task_router is not None and engine is not None else [])
@@ -111,11 +112,12 @@ def openai_router(engine: Optional[Engine], registry: Registry, api_key: Optiona
         from ..inference import classify_batch
 
         trained = registry.classifier(body.model)
+        prefix = _task_prefix(registry, body.model, body.task)
         lock = classify_locks.setdefault(body.model, threading.Lock())
 
         def run():
             with lock:
-                return classify_batch(trained, body.input)
+                return classify_batch(trained, [prefix + text for text in body.input])
         results, tokens = await run_in_threadpool(run)
         data = [{"index": i, "label": max(p, key=p.get), "probs": p} for i, p in enumerate(results)]
         return {"id": new_id("classify"), "object": "list", "model": body.model, "data": data,
@@ -157,6 +159,7 @@ def openai_router(engine: Optional[Engine], registry: Registry, api_key: Optiona
 async def _generate(engine: Optional[Engine], registry: Registry, body, http: HttpRequest, chat: bool,
                     task_router=None):
     """Validate, route ("auto"), queue the request on the engine, then stream or collect its events."""
+    from ..data.prefixes import prefix_messages
     from ..data.tokenize import render_ids
     from ..inference import stop_token_ids
     from ..task_router import AUTO
@@ -170,12 +173,14 @@ async def _generate(engine: Optional[Engine], registry: Registry, body, http: Ht
                                 "with --router DIR", "model")
         model = await run_in_threadpool(lambda: task_router.route([_routing_text(body, chat)])[0])
     adapter = registry.resolve(model)
+    prefix = _task_prefix(registry, adapter, body.task)
     tokenizer = engine.tokenizer
 
     def encode() -> list[int]:
         if chat:
-            return render_ids(tokenizer, [m.as_dict() for m in body.messages], add_generation_prompt=True)
-        return list(tokenizer(body.prompt)["input_ids"])
+            messages = prefix_messages([m.as_dict() for m in body.messages], prefix)
+            return render_ids(tokenizer, messages, add_generation_prompt=True)
+        return list(tokenizer(prefix + body.prompt)["input_ids"])
     try:
         ids = await run_in_threadpool(encode)
     except Exception as e:  # a chat template refusing the conversation, ...
@@ -217,6 +222,14 @@ async def _generate(engine: Optional[Engine], registry: Registry, body, http: Ht
         raise ApiError(500, event.error)
     return completion_body(chat, rid, model, "".join(pieces), event.finish_reason,
                            usage(event.prompt_tokens, event.completion_tokens))
+
+
+def _task_prefix(registry: Registry, adapter: Optional[str], task: Optional[str]) -> str:
+    """The request's `task` prefix for the adapter it runs on; a task it was not trained with is a 400."""
+    try:
+        return registry.prefix(adapter, task)
+    except InputError as e:
+        raise ApiError(400, str(e), "task") from None
 
 
 def _routing_text(body, chat: bool) -> str:

@@ -55,6 +55,9 @@ class _Generation(_Strict):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
+    task: Optional[str] = Field(None, min_length=1, max_length=64,
+                                description="lorakit: put the prefix the adapter was trained with for this task "
+                                            "(task_prefixes.json) in front of the first user message / the prompt")
 
     @field_validator("stop")
     @classmethod
@@ -107,6 +110,8 @@ class UnloadAdapter(_Strict):
 class ClassifyRequest(_Strict):
     model: str = Field(min_length=1)
     input: Union[str, list[str]] = Field(min_length=1)
+    task: Optional[str] = Field(None, min_length=1, max_length=64,
+                                description="lorakit: the task prefix (task_prefixes.json) put in front of each text")
 
     @field_validator("input")
     @classmethod

@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
 from ..errors import InputError
-from ..io import STACK_NAME, WEIGHTS_NAME, check_adapter_dir, load_adapter, read_config, read_stack_record
+from ..data.prefixes import prefix_for
+from ..io import (STACK_NAME, WEIGHTS_NAME, check_adapter_dir, load_adapter, read_config, read_stack_record,
+                  read_task_prefixes)
 from ..routing import delete_adapter, list_adapters
 from .engine import Retry
 
@@ -46,6 +48,7 @@ class Entry:
     task: str  # "sft" or "classification"
     last_used: float = 0.0
     loaded: bool = False
+    prefixes: dict[str, str] = field(default_factory=dict)  # task name -> prefix (task_prefixes.json)
 
 
 class Registry:
@@ -70,6 +73,16 @@ class Registry:
             hint = " (a classification adapter: use /v1/classify)" if entry is not None else ""
             raise UnknownModel(f"the model {model!r} does not exist{hint}; served: {self.names()}")
         return model
+
+    def prefix(self, adapter: Optional[str], task: Optional[str]) -> str:
+        """The prefix a request's `task` names for `adapter` (None: the base model, which has none); "" for
+        no task; an InputError (HTTP 400) for a task the adapter was not trained with."""
+        if task is None:
+            return ""
+        with self.lock:
+            entry = self.entries.get(adapter) if adapter is not None else None
+        return prefix_for(entry.prefixes if entry is not None else {}, task, "task",
+                          repr(adapter) if adapter is not None else f"the base model {self.base_name!r}")
 
     def classifier(self, model: str):
         """The classification adapter named `model` (an `inference.Trained`)."""
@@ -116,7 +129,8 @@ class Registry:
 
     def add_classifier(self, name: str, path: Path, trained) -> None:
         with self.lock:
-            self.entries[name] = Entry(name, path, "classification", time.monotonic(), True)
+            self.entries[name] = Entry(name, path, "classification", time.monotonic(), True,
+                                       read_task_prefixes(path))
             self.classifiers[name] = trained
 
     def withdraw(self, name: str) -> Entry:
@@ -135,18 +149,20 @@ class Registry:
             if name in self.entries:
                 raise InputError(f"an adapter named {name!r} is already loaded; unload it first")
         _refuse_stacked(path)
+        prefixes = read_task_prefixes(path)
         if name in list_adapters(model) or not self._make_room(model, in_use):
             raise Retry  # still unloading that name, or every loaded adapter is busy: after the next step
         load_adapter(model, path, adapter_name=name)
         with self.lock:
-            self.entries[name] = Entry(name, path, "sft", time.monotonic(), True)
+            self.entries[name] = Entry(name, path, "sft", time.monotonic(), True, prefixes)
 
     def register_unloaded(self, name: str, path: Path) -> None:
         """Serve `name` without loading it yet (startup beyond `max_loaded`): loaded on first use."""
         read_config(path)
         _refuse_stacked(path)
+        prefixes = read_task_prefixes(path)
         with self.lock:
-            self.entries[name] = Entry(name, path, "sft")
+            self.entries[name] = Entry(name, path, "sft", prefixes=prefixes)
 
     def ensure(self, model: nn.Module, name: str, in_use: set) -> bool:
         """Make `name` loaded before a request runs on it (engine thread). False: every loaded adapter

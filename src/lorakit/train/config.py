@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, create_model, field_serializer, field_validator, model_validator
 
 from ..config import StrictConfig
+from ..data.prefixes import TASK_NAME, source_task_name
 from ..methods import METHODS, Method
 from ..models import DEFAULT_CAUSAL_LM
 
@@ -39,7 +40,16 @@ class TrainSource(_Section):
     weight: float = Field(1.0, gt=0, description="Share of each epoch's training rows drawn from this source: "
                                                  "weight / the sum of the weights (a source is cycled if short).")
     prefix: str = Field("", description="Task prefix put verbatim in front of every row's first user message "
-                                        "(text rows: the text); include a trailing space or newline.")
+                                        "(text rows: the text); include a trailing space or newline. Recorded "
+                                        "with the adapter (task_prefixes.json) for eval / generate / serve.")
+    name: Optional[str] = Field(None, pattern=f"^{TASK_NAME.pattern}$",
+                                description="Task name the prefix is recorded under (default: the bundled name "
+                                            "or the file's stem); `lorakit eval --data NAME=FILE`, "
+                                            "`generate --task NAME` and the server's `task` apply its prefix.")
+
+    @property
+    def task(self) -> str:
+        return self.name or source_task_name(self.file)
 
 
 class ReplaySection(_Section):
@@ -74,6 +84,22 @@ class DataSection(_Section):
         if len(sources) == 1 and sources[0] == TrainSource(file=sources[0].file):
             return sources[0].file  # written back as it was given: `train: FILE`
         return [s.model_dump() for s in sources]
+
+    @model_validator(mode="after")
+    def _task_names_unique(self):
+        if any(s.prefix for s in self.train):
+            seen: dict[str, int] = {}
+            for i, s in enumerate(self.train):
+                if s.task in seen:
+                    raise ValueError(f"data.train.{i}: task name {s.task!r} is also source {seen[s.task]}'s; "
+                                     f"give the sources distinct `name`s (their prefixes are recorded by name)")
+                seen[s.task] = i
+        return self
+
+    @property
+    def task_prefixes(self) -> dict[str, str]:
+        """Every source's prefix by task name, when any source has one (else {}: nothing to record)."""
+        return {s.task: s.prefix for s in self.train} if any(s.prefix for s in self.train) else {}
 
     @property
     def mixed(self) -> bool:
@@ -140,7 +166,8 @@ class EvalSection(_Section):
     generate: bool = Field(True, description="Measure exact match of greedy generations (chat data).")
     suites: list[str] = Field(
         default_factory=list, description="Held-out files or bundled:NAMEs that `lorakit eval` scores together "
-                                          "(with the run's adapter) when no --data is given.")
+                                          "(with the run's adapter) when no --data is given; TASK=FILE applies "
+                                          "the prefix of the data.train source named TASK.")
 
 
 class Task(str, enum.Enum):

@@ -26,13 +26,16 @@ import hashlib
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..data.overlap import rouge_l, token_f1
+from ..data.prefixes import Suite, parse_suite, prefix_for, with_prefix
 from ..errors import InputError
 from ..files import atomic_write_text, read_text
+from ..io import is_adapter_dir, read_task_prefixes
 from ..tuners.layers import LayerWrapper
 
 if TYPE_CHECKING:
@@ -84,32 +87,44 @@ def general_prompts() -> list[str]:
             if l.strip()]
 
 
-def load_suites(sources: Sequence[str], format: Optional[str] = None) -> list[tuple[str, Dataset]]:
-    """(source, Dataset) for each data source (a file or `bundled:NAME`): every path checked, then every file
-    read and every row validated, so a bad input fails before any model loads or any work starts.
-    `format`: the files' row format (detected per file when None)."""
+def load_suites(sources: Sequence[str | Suite], format: Optional[str] = None,
+                adapter: Optional[str] = None) -> list[tuple[Suite, Dataset]]:
+    """(suite, Dataset) for each data source (a file or `bundled:NAME`, either optionally `TASK=`: see
+    `lorakit.data.prefixes`): every path checked, then every file read and every row validated, so a bad input
+    fails before any model loads or any work starts. With `adapter` (its directory), a task it does not record
+    in task_prefixes.json is refused here too. `format`: the files' row format (detected per file when None)."""
     from ..data.formats import load_dataset
     from ..data.io import data_path
 
-    paths = [data_path(s, "--data") for s in sources]
-    return [(s, load_dataset(path, format)) for s, path in zip(sources, paths)]
+    suites = [s if isinstance(s, Suite) else parse_suite(s) for s in sources]
+    paths = [data_path(s.source, "--data") for s in suites]
+    if adapter is not None and is_adapter_dir(adapter):
+        recorded = read_task_prefixes(adapter)
+        for suite in suites:
+            prefix_for(recorded, suite.task, f"--data {suite.name}", adapter)
+    return [(s, load_dataset(path, format)) for s, path in zip(suites, paths)]
 
 
 def evaluate_file(load: Callable[[], object], source: str, options: EvalOptions = EvalOptions(),
-                  format: Optional[str] = None) -> dict:
-    """`lorakit eval --data FILE`: the file (or `bundled:NAME`) read and every row checked, then the model
-    loaded by `load()` (e.g. `lambda: load_trained(dir)`) and scored: its metrics and the rows scored."""
-    ((_, dataset),) = load_suites([source], format)
-    rows, metrics = _score(load(), dataset, options)
+                  format: Optional[str] = None, adapter: Optional[str] = None) -> dict:
+    """`lorakit eval --data [TASK=]FILE`: the file (or `bundled:NAME`) read and every row checked, then the
+    model loaded by `load()` (e.g. `lambda: load_trained(dir)`) and scored (with TASK's prefix): its metrics
+    and the rows scored. `adapter`: the adapter directory `load` reads, to refuse an unknown TASK early."""
+    ((suite, dataset),) = load_suites([source], format, adapter)
+    trained = load()
+    warn_unprefixed(trained, [suite])
+    rows, metrics = _score(trained, _prefixed(trained, suite, dataset), options)
     return {**metrics, "rows": rows}
 
 
-def evaluate_suites(trained, sources: Sequence[str], probe: Optional[Probe] = None,
+def evaluate_suites(trained, sources: Sequence[str | Suite], probe: Optional[Probe] = None,
                     options: EvalOptions = EvalOptions(), cache: Optional[Path] = None,
                     format: Optional[str] = None) -> list[dict]:
-    """One row per data source (a file or `bundled:NAME`), then the probe's rows.
+    """One row per data source (a file or `bundled:NAME`, or `TASK=` either: see `lorakit.data.prefixes`),
+    then the probe's rows.
 
-    `trained`: a `lorakit.inference.Trained` (model, tokenizer, base name, adapter dir). `cache`: where the
+    `trained`: a `lorakit.inference.Trained` (model, tokenizer, base name, adapter dir, task prefixes). A
+    `TASK=` source is scored with the prefix the adapter was trained with for TASK. `cache`: where the
     base's probe answers are kept (default `$LORAKIT_CACHE/probe`). `format`: the files' row format
     (detected per file when None)."""
     if not sources and probe is None:
@@ -117,15 +132,17 @@ def evaluate_suites(trained, sources: Sequence[str], probe: Optional[Probe] = No
     return _score_suites(trained, load_suites(sources, format), probe, options, cache)
 
 
-def _score_suites(trained, datasets: list[tuple[str, Dataset]], probe: Optional[Probe], options: EvalOptions,
+def _score_suites(trained, datasets: list[tuple[Suite, Dataset]], probe: Optional[Probe], options: EvalOptions,
                   cache: Optional[Path] = None) -> list[dict]:
     """`evaluate_suites` on data already read (`load_suites`)."""
     stamp = {"model": str(trained.adapter_dir or trained.base), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                    time.gmtime())}
+    prefixed = [_prefixed(trained, suite, dataset) for suite, dataset in datasets]  # every task checked first
+    warn_unprefixed(trained, [suite for suite, _ in datasets])
     rows = []
-    for source, dataset in datasets:
+    for (suite, _), dataset in zip(datasets, prefixed):
         scored, metrics = _score(trained, dataset, options)
-        rows.append({"split": "suite", "suite": suite_name(source), "rows": scored, **metrics, **stamp})
+        rows.append({"split": "suite", "suite": suite.name, "rows": scored, **metrics, **stamp})
     if probe is not None:
         rows += [{**row, **stamp} for row in general_probe(trained, probe, options, cache)]
     return rows
@@ -141,9 +158,27 @@ def _score(trained, dataset: Dataset, options: EvalOptions) -> tuple[int, dict]:
     return min(len(dataset.rows), options.max_samples or len(dataset.rows)), result.metrics()
 
 
+def _prefixed(trained, suite: Suite, dataset: Dataset) -> Dataset:
+    """`dataset` with the prefix `trained` was trained with for the suite's task (unchanged without a task)."""
+    return with_prefix(dataset, prefix_for(trained.prefixes, suite.task, f"--data {suite.name}",
+                                           trained.adapter_dir or trained.base))
+
+
 def suite_name(source: str) -> str:
-    """How a source is named in the table and in metrics.jsonl: `bundled:NAME` → NAME, a file as given."""
-    return source.split(":", 1)[1] if source.startswith("bundled:") else source
+    """How a source is named in the table and in metrics.jsonl: `bundled:NAME` → NAME, a file as given
+    (`TASK=` kept in front)."""
+    return parse_suite(source).name
+
+
+def warn_unprefixed(trained, suites: Sequence[Suite]) -> None:
+    """One warning when a model trained with task prefixes is scored on data named without a task."""
+    if not any(trained.prefixes.values()):
+        return
+    bare = [s.source for s in suites if s.task is None]
+    if bare:
+        warnings.warn(f"{trained.adapter_dir or trained.base} was trained with task prefixes "
+                      f"({', '.join(f'{t}={p!r}' for t, p in trained.prefixes.items())}); {', '.join(bare)} "
+                      f"scored without one (name the task to apply its prefix: --data TASK={bare[0]})", stacklevel=2)
 
 
 def general_probe(trained, probe: Probe, options: EvalOptions = EvalOptions(),
@@ -252,7 +287,7 @@ def evaluate_and_record(load: Callable[[], object], sources: Sequence[str], prob
         raise InputError("--data: nothing to evaluate (give --data, eval.suites in the run config, or --probe)")
     if out is not None and Path(out).expanduser().is_dir():
         raise InputError(f"--out {out}: is a directory; give a .jsonl file")
-    datasets = load_suites(sources, format)
+    datasets = load_suites(sources, format, adapter)
     trained = load()
     rows = _score_suites(trained, datasets, probe, options)
     run = run_dir_of(trained)

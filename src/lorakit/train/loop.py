@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..files import atomic_write_text, check_output_dir
-from ..io import save_adapter, write_stack_record
+from ..io import save_adapter, write_stack_record, write_task_prefixes
 from ..data.batching import collate_padded
 from ..tuners.base import NO_HOOKS, HookChain, TrainingHooks
 from . import checkpoint, continual, distributed
@@ -324,6 +324,8 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: T
         target = directory / "model"
         run.model.save_pretrained(target)
         run.tokenizer.save_pretrained(target)
+        if config.data.task_prefixes:
+            write_task_prefixes(target, config.data.task_prefixes)
         return target
     adapter = save_adapter(run.model, directory / "adapter", base_model_name_or_path=config.model.name,
                            **hooks.save_options(config.out))
@@ -331,6 +333,8 @@ def _write_artifacts(run: Prepared, config: RunConfig, directory: Path, hooks: T
         atomic_write_text(Path(adapter) / "labels.json", json.dumps(run.labels))
     if config.adapter.stacked_on:  # progressive LoRA: what the adapter must be applied on top of
         write_stack_record(adapter, config.adapter.stacked_on)
+    if config.data.task_prefixes:  # multi-task prefixes: eval / generate / serve apply them by task name
+        write_task_prefixes(adapter, config.data.task_prefixes)
     return adapter
 
 

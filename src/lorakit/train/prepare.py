@@ -16,6 +16,7 @@ from ..inject import inject
 from ..data.batching import BatchLoader, grouped_batches, packed_batches
 from ..data.formats import Dataset, empty_targets, load_dataset
 from ..data.mixing import mixed_batches
+from ..data.prefixes import with_prefix
 from ..data.io import DataError, data_path
 from ..errors import InputError
 from ..data.tokenize import EncodeStats, build_label_map, encode_classification, encode_dataset
@@ -56,20 +57,6 @@ class Prepared:
     labels: Optional[list] = None
     aux: Optional[nn.Module] = None  # what the loss trains besides the model (distillation's projections)
     train_examples: list = field(default_factory=list)  # the encoded training rows (no replay rows)
-
-
-def with_prefix(ds: Dataset, prefix: str) -> Dataset:
-    """`prefix` put verbatim in front of every row's first user message (text / classification rows: the text)."""
-    if not prefix:
-        return ds
-    if ds.kind == "chat":
-        rows = []
-        for row in ds.rows:
-            first = next(i for i, m in enumerate(row) if m["role"] == "user")
-            rows.append([dict(m, content=prefix + m["content"]) if i == first else m for i, m in enumerate(row)])
-    else:
-        rows = [dict(r, text=prefix + r["text"]) for r in ds.rows]
-    return Dataset(ds.source, ds.format, ds.kind, rows)
 
 
 def load_data(config: RunConfig) -> Data:

@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..config import _set_dotted, parse_yaml
+from ..data.prefixes import parse_suite
+from ..errors import InputError
 from .runs import flatten
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -142,6 +144,12 @@ class PathPolicy:
         errors = {}
         for key, value in _flatten_lists(flatten(config)).items():
             for item in value if isinstance(value, list) else [value]:
+                if key == "eval.suites" and isinstance(item, str):
+                    try:
+                        item = parse_suite(item, key).source  # `TASK=FILE`: the file
+                    except InputError as e:
+                        errors[key] = str(e)
+                        continue
                 if not isinstance(item, str) or not item or item.startswith("bundled:"):
                     continue
                 if key == "model.name" and item.lower() in self.embedded:
