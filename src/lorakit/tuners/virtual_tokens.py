@@ -108,7 +108,8 @@ def _prefix_encoder(config: PrefixTuningConfig, word_embeddings: torch.Tensor, i
 SOURCE_BUILDERS = {PromptTuningConfig: _prompt_table, PromptEncoderConfig: _prompt_encoder,
                    PrefixTuningConfig: _prefix_encoder}
 """Config type → function(filled config, word embeddings (vocab, d), init token ids) -> source module.
-`inference_mode` builds the tokens as a plain table (what a file holds), skipping initialisation."""
+`inference_mode` builds the tokens as a plain table (what a file holds), skipping initialisation.
+(A prefix's init token ids are applied after building: their keys and values need the model.)"""
 
 
 def add_virtual_tokens(model: nn.Module, config: PromptLearningConfig, adapter_name: str) -> PromptLearningConfig:
@@ -125,15 +126,53 @@ def add_virtual_tokens(model: nn.Module, config: PromptLearningConfig, adapter_n
         name = config.base_model_name_or_path or getattr(model, "name_or_path", None)  # the model's own tokenizer
         config = config.model_copy(update={"tokenizer_name_or_path": name or None})
     embeddings = backbone.get_input_embeddings().weight
-    source = SOURCE_BUILDERS[type(config)](config, embeddings, _init_token_ids(config, embeddings.shape[0]))
+    init_ids = _init_token_ids(config, embeddings.shape[0])  # (drawn first: a seed set just before reproduces them)
+    source = SOURCE_BUILDERS[type(config)](config, embeddings, init_ids)
+    if isinstance(source, PrefixEncoder) and init_ids is not None:  # (a direct prefix: its table is the tokens)
+        with torch.no_grad():
+            source.table().copy_(own_keys_and_values(model, torch.tensor([init_ids], device=embeddings.device)))
     source.__dict__["filled"] = config  # (what adapter_config.json records about the model, see _saved_config)
     install(model, spec).add(adapter_name, source)
     return config
 
 
+def own_keys_and_values(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The keys and values `model` computes for the tokens `ids` (1, n), in the prefix layout
+    (n, layers · 2 · kv_heads · head_dim): a prefix that makes the model continue as if `ids` came
+    first. Computed in eval mode, without gradients, with the model's virtual tokens off (other
+    active adapters apply)."""
+    from transformers import DynamicCache
+
+    backbone, spec = backbone_of(model), model_spec(model)
+    holder = holder_of(model)
+    saved = {k: holder.__dict__[k] for k in ("active", "rows")} if holder is not None else {}
+    modes = [(m, m.training) for m in model.modules()]
+    cache = DynamicCache(config=backbone.config)
+    try:
+        if holder is not None:
+            holder.__dict__.update(active=None, rows=None)
+        model.eval()
+        with torch.no_grad():
+            backbone(input_ids=ids, use_cache=True, **{spec.cache_arg: cache})
+    finally:
+        if holder is not None:
+            holder.__dict__.update(saved)
+        for m, training in modes:
+            m.training = training
+    per_layer = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+    return per_layer.permute(3, 0, 1, 2, 4).reshape(ids.shape[1], -1)  # (layers, 2, kv_heads, n, dim) -> (n, ...)
+
+
 def _init_token_ids(config: PromptLearningConfig, vocab_size: int) -> Optional[list[int]]:
-    """Prompt tuning's TEXT (the text's token ids) and SAMPLE_VOCAB (random ids) starts; None otherwise."""
-    if not isinstance(config, PromptTuningConfig) or config.inference_mode or config.prompt_tuning_init == "RANDOM":
+    """The tokens a new adapter starts from: prompt tuning's TEXT (the text's token ids) and SAMPLE_VOCAB
+    (random ids), direct prefix tuning's SAMPLE_VOCAB (random ids: their keys and values); None otherwise."""
+    if config.inference_mode:
+        return None
+    if isinstance(config, PrefixTuningConfig):
+        if config.init_weights is not None or config.prefix_projection or config.prefix_init == "RANDOM":
+            return None  # (peft's starts: zeros, the projection's random MLP, N(0, 1) prefixes)
+        return torch.randint(0, vocab_size, (config.num_virtual_tokens,)).tolist()
+    if not isinstance(config, PromptTuningConfig) or config.prompt_tuning_init == "RANDOM":
         return None
     if config.prompt_tuning_init == "SAMPLE_VOCAB":
         return torch.randint(0, vocab_size, (config.num_virtual_tokens,)).tolist()
