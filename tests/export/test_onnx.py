@@ -1,5 +1,6 @@
 """ONNX export: onnxruntime gives the PyTorch logits, the same greedy tokens, the same labels."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -50,6 +51,18 @@ def test_classifier_gives_identical_labels(tiny_encoder_dir, tmp_path):
     parity = check_onnx(merged.model, merged.tokenizer, OnnxModel(tmp_path / "onnx"), texts=texts)
     assert parity.labels_equal == 1.0 and parity.max_abs_logit_diff <= 1e-4
     assert json.loads((tmp_path / "onnx" / MANIFEST).read_text())["labels"] == ["a", "b", "c"]
+
+
+def test_over_the_limit_the_float64_model_decides(onnx_lm, chat_adapter_dir):
+    _, out = onnx_lm
+    merged = load_merged(str(chat_adapter_dir))
+    exact = check_onnx(merged.model, merged.tokenizer, OnnxModel(out), limit=0.0)  # every diff is "over"
+    assert exact.max_abs_logit_diff > 0.0  # fp32 onnxruntime and fp32 PyTorch do round differently here
+    assert 0.0 < exact.onnx_vs_float64 <= 1e-4 and 0.0 < exact.torch_vs_float64 <= 1e-4
+    assert exact.passed(limit=1e-4) and not exact.passed(limit=exact.onnx_vs_float64 / 2)
+    within = check_onnx(merged.model, merged.tokenizer, OnnxModel(out))
+    assert within.onnx_vs_float64 is None and within.passed()  # under the limit: no float64 copy is made
+    assert not replace(within, greedy_equal=0.5).passed()
 
 
 def test_not_an_export_dir_is_a_clear_error(tmp_path):
