@@ -1,7 +1,7 @@
 """Validate `lorakit analyze memory` against measured peak RSS of real training steps.
 
-    python benchmarks/memory_estimator.py [--steps 3] [--batch-tokens 512,1024] [--out results.json]
-    python benchmarks/memory_estimator.py --from results.json      # re-print estimates for saved measurements
+    python benchmarks/memory_estimator.py [--steps 3] [--batch-tokens 512,1024] [--repeats 1] [--out results.json]
+    python benchmarks/memory_estimator.py --from a.json b.json     # re-print estimates for saved measurements
 
 Each case (method lora | qlora | full, gradient checkpointing off | on, a batch-token budget) trains
 `--steps` optimizer steps of the embedded SmolLM2-135M-Instruct with `lorakit.train.train` in a fresh
@@ -13,14 +13,22 @@ last step are excluded (their peak is kept in the JSON as save_peak_mib). Measur
 next to `lorakit.analyze.estimate_memory` for the same shapes, and the error the estimate would have
 without its `retained` term (live tensors only: the naive estimate). Peaks are Linux's VmHWM, reset
 between phases through /proc/self/clear_refs.
+
+The peak of the same case differs from process to process (what glibc keeps of the freed forward
+temporaries depends on where earlier blocks landed; with gradient checkpointing the spread was 2-4
+MLP working sets per layer, up to ±15% of the peak): `--repeats N` runs every case N times, and the
+report (also over several `--from` files together) gives each case's median draw, the range, and the
+estimate's error against the median and at both ends.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,22 +115,35 @@ def estimate(case: dict):
                            batch_tokens=case["rows"] * case["seq_len"], gradient_checkpointing=case["gradient_checkpointing"])
 
 
+def measured_mib(case: dict) -> float:
+    return max(case["load_peak_mib"], case["step_peak_mib"])
+
+
 def report(cases: list[dict]) -> None:
+    """One line per case (method, checkpointing, tokens): the median of its draws and their range, the
+    estimate's error against the median and against the range's ends, the live-tensor (naive) error, and
+    the estimate's components."""
     names = ("weights", "adapter", "gradients", "optimizer", "activations", "retained", "loss", "transient", "runtime")
-    print("MiB above the post-import baseline; components: * = live at the estimated peak")
-    print(f"{'method':6s} {'ckpt':4s} {'tokens':>6s} | {'load':>5s} {'steps':>6s} {'measured':>8s} | "
-          f"{'estimate':>8s} {'error':>7s} {'w/o retained':>12s} | " + " ".join(f"{n[:9]:>10s}" for n in names))
+    groups: dict[tuple, list[dict]] = {}
     for case in cases:
-        est = estimate(case)
-        measured = max(case["load_peak_mib"], case["step_peak_mib"])
+        groups.setdefault((case["method"], case["gradient_checkpointing"], case["rows"] * case["seq_len"]),
+                          []).append(case)
+    print("MiB above the post-import baseline; measured = the median draw (range over n draws); "
+          "components: * = live at the estimated peak")
+    print(f"{'method':6s} {'ckpt':4s} {'tokens':>6s} {'n':>2s} | {'measured':>8s} {'range':>11s} | {'estimate':>8s} "
+          f"{'error':>7s} {'error at the ends':>17s} {'w/o retained':>12s} | " + " ".join(f"{n[:9]:>10s}" for n in names))
+    for (method, ckpt, tokens), draws in groups.items():
+        values = sorted(measured_mib(c) for c in draws)
+        median = statistics.median(values)
+        est = estimate(draws[0])
         total = est.total / MIB
         peak = est.at_peak()
         live = max(est.forward_end() - est.retained, est.optimizer_step()) / MIB  # the tensors alone
         parts = " ".join(f"{v / MIB:9.0f}{'*' if peak[k] else ' '}" for k, v in est.components().items())
-        print(f"{case['method']:6s} {'on' if case['gradient_checkpointing'] else 'off':4s} "
-              f"{case['rows'] * case['seq_len']:6d} | {case['load_peak_mib']:5.0f} {case['step_peak_mib']:6.0f} "
-              f"{measured:8.0f} | {total:8.0f} {100 * (total - measured) / measured:+6.1f}% "
-              f"{100 * (live - measured) / measured:+11.1f}% | {parts}")
+        err = lambda m: 100 * (total - m) / m  # noqa: E731
+        print(f"{method:6s} {'on' if ckpt else 'off':4s} {tokens:6d} {len(values):2d} | {median:8.0f} "
+              f"{values[0]:5.0f}-{values[-1]:<5.0f} | {total:8.0f} {err(median):+6.1f}% "
+              f"{err(values[-1]):+7.1f}/{err(values[0]):+6.1f}% {100 * (live - median) / median:+11.1f}% | {parts}")
 
 
 def main() -> None:
@@ -131,6 +152,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", default="512,1024", help="comma-separated micro-batch token budgets")
     ap.add_argument("--row-tokens", type=int, default=256, help="tokens per row (rows are cut to this length)")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per case (the peak varies between them)")
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--checkpointing", default="off,on")
     ap.add_argument("--mmap-threshold", type=int,
@@ -138,32 +160,33 @@ def main() -> None:
                          "above N bytes when it is freed, so RSS follows the live tensors; compare with the "
                          "'w/o retained' column)")
     ap.add_argument("--out", help="write the measurements here (JSON)")
-    ap.add_argument("--from", dest="source", help="print estimates for measurements saved with --out")
+    ap.add_argument("--from", dest="sources", nargs="+", metavar="JSON",
+                    help="print estimates for measurements saved with --out (several files: their draws pooled)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         method, ckpt, tokens = args.worker.split(":")
         print(json.dumps(worker(method, ckpt == "on", int(tokens), args.row_tokens, args.steps, args.r)))
         return
-    if args.source:
-        report(json.loads(Path(args.source).read_text()))
+    if args.sources:
+        report([case for source in args.sources for case in json.loads(Path(source).read_text())])
         return
     cases = []
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if args.mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
-    for method in args.methods.split(","):
-        for ckpt in args.checkpointing.split(","):
-            for tokens in args.batch_tokens.split(","):
-                done = subprocess.run([sys.executable, __file__, "--worker", f"{method}:{ckpt}:{tokens}",
-                                       "--row-tokens", str(args.row_tokens), "--steps", str(args.steps),
-                                       "--r", str(args.r)], check=True, capture_output=True, text=True, env=env)
-                case = json.loads(done.stdout.strip().splitlines()[-1])
-                case["mmap_threshold"] = args.mmap_threshold
-                print(json.dumps(case), file=sys.stderr, flush=True)
-                cases.append(case)
-                if args.out:
-                    Path(args.out).write_text(json.dumps(cases, indent=1))
+    for repeat, method, ckpt, tokens in itertools.product(range(args.repeats), args.methods.split(","),
+                                                          args.checkpointing.split(","), args.batch_tokens.split(",")):
+        done = subprocess.run([sys.executable, __file__, "--worker", f"{method}:{ckpt}:{tokens}",
+                               "--row-tokens", str(args.row_tokens), "--steps", str(args.steps),
+                               "--r", str(args.r)], check=True, capture_output=True, text=True, env=env)
+        case = json.loads(done.stdout.strip().splitlines()[-1])
+        case["mmap_threshold"] = args.mmap_threshold
+        case["repeat"] = repeat
+        print(json.dumps(case), file=sys.stderr, flush=True)
+        cases.append(case)
+        if args.out:
+            Path(args.out).write_text(json.dumps(cases, indent=1))
     report(cases)
 
 

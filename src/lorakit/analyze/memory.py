@@ -31,7 +31,9 @@ Components (what lorakit's trainer allocates; `train/loop.py`, `train/losses.py`
   L × temporaries. With checkpointing nothing is saved inside a layer and its temporaries are
   reused by the next layer, except the layer's peak working set (three i-sized MLP tensors,
   gate/SiLU/up) that the kept layer output pins: L × 3·i·b. (This term is read off the measured
-  checkpointed runs, not derived from the op list like the others; it varies most between runs.)
+  checkpointed runs, not derived from the op list like the others, and it is a central value, not a
+  bound: the same run kept 1.9 to 4.0 such working sets per layer in different processes, a spread of
+  about ±15% of the checkpointed peaks; `benchmarks/memory_estimator.py --repeats`.)
 * **loss**: the fused head + cross-entropy (`linear_cross_entropy_sum`) forms fp32 logits
   CHUNK_ELEMENTS at a time (+ a copy in dtype when b ≠ 4), and keeps the hidden states' gradient
   (targets × d) from forward to backward; full fine-tuning also keeps the head's weight gradient
