@@ -63,7 +63,7 @@ class ReplaySection(_Section):
 class DataSection(_Section):
     train: list[TrainSource] = Field(
         ..., min_length=1, description="Training data file (json, jsonl, csv, parquet) or bundled:NAME; or a list "
-                                       "of sources {file, weight, prefix} mixed by weight.")
+                                       "of sources {file, weight, prefix, name} mixed by weight.")
     replay: Optional[ReplaySection] = Field(None, description="Earlier tasks' rows mixed into every batch: "
                                                               "{file, ratio}.")
     eval: Optional[str] = Field(None, min_length=1, description="Held-out data file, or bundled:NAME.")
