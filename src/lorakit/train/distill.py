@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..state import disable_adapters
+from ..tuners.layers import master_dtype
 from .config import SELF_TEACHER as SELF, Task
 from .losses import IGNORE, MODEL_INPUTS, body_and_head, causal_lm_loss_sum
 
@@ -59,7 +60,7 @@ class Distiller(nn.Module):
         for p in self.projections:
             if width_s == width_t:
                 nn.init.eye_(p.weight)
-        self.to(dtype=student.get_input_embeddings().weight.dtype)
+        self.to(dtype=master_dtype(student.get_input_embeddings().weight.dtype))  # fp32 beside a 16-bit student
 
     def _targets(self, model: nn.Module, batch: dict, keep: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(logits (n_targets, vocab), hidden states (n_targets, d) of the requested layers) of `model`."""
@@ -99,7 +100,8 @@ class Distiller(nn.Module):
         if self.alpha < 1.0:
             loss = loss + (1.0 - self.alpha) * F.cross_entropy(logits_s, labels[keep], reduction="sum")
         for projection, (i, j) in zip(self.projections, self.hidden_layers):
-            h_s, h_t = hidden_s[i][:, :-1][keep], hidden_t[j][:, :-1][keep]
+            dtype = projection.weight.dtype
+            h_s, h_t = hidden_s[i][:, :-1][keep].to(dtype), hidden_t[j][:, :-1][keep].to(dtype)
             loss = loss + self.hidden_weight * (projection(h_s) - h_t).float().pow(2).mean(-1).sum()
         return loss
 

@@ -135,7 +135,7 @@ def build(model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> list[st
             raise ValueError(f"rank_pattern[{name}.lora_E] has {len(slots)} entries, expected init_r={config.init_r}")
         w.add(adapter_name, AdaLoraAdapter(w.in_features, w.out_features, sum(slots), config.lora_alpha,
                                            config.init_r, config.lora_dropout, config.init_lora_weights, slots,
-                                           dtype=w.base_dtype()))
+                                           dtype=w.adapter_dtype()))
     return list(wrappers)
 
 

@@ -35,6 +35,7 @@ from ..errors import InputError
 from ..state import replace_module
 from ..targets import LAYER_LIST_NAMES, PRESET_ALIASES
 from .base import AdapterHolder, Kind, Method
+from .layers import master_dtype
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "tanh": torch.tanh}
 
@@ -249,7 +250,7 @@ def build(model: nn.Module, config: BottleneckConfig, adapter_name: str) -> list
         param = next(holder.base.parameters(), None)
         holder.add(adapter_name, BottleneckAdapter(
             hidden, config.width(hidden), config.non_linearity, config.scale, site.mode, config.init_weights,
-            dtype=param.dtype if param is not None and param.is_floating_point() else None,
+            dtype=master_dtype(param.dtype) if param is not None and param.is_floating_point() else None,
             device=param.device if param is not None else None))
     return list(placed)
 

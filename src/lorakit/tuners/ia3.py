@@ -130,7 +130,7 @@ def build(model: nn.Module, config: IA3Config, adapter_name: str) -> list[str]:
                          f"targets: {', '.join(sorted({n.rsplit('.', 1)[-1] for n in wrappers}))}")
     for name, w in wrappers.items():
         w.add(adapter_name, IA3Adapter(w.in_features, w.out_features, is_feedforward(config, name, model),
-                                       config.init_ia3_weights, dtype=w.base_dtype()))
+                                       config.init_ia3_weights, dtype=w.adapter_dtype()))
     return list(wrappers)
 
 

@@ -22,6 +22,16 @@ from ..errors import UnsupportedOperation
 from .base import AdapterHolder
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def master_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a trainable weight is kept in next to a base of `dtype`: float32 for a 16-bit base (fp32
+    master weights: an update far below a bf16 / fp16 ulp still counts, and the optimizer's moments and
+    the gradients are fp32; peft's `autocast_adapter_dtype` does the same), else the base's own."""
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
 class LayerWrapper(AdapterHolder):
     """Named adapters around one base layer; `in_features` / `out_features` are set by subclasses."""
 
@@ -43,9 +53,15 @@ class LayerWrapper(AdapterHolder):
         return getattr(self.base, "weight", None)
 
     def base_dtype(self) -> Optional[torch.dtype]:
-        """The base weight's dtype when it is a float tensor (adapters are created in it), else None."""
+        """The base weight's dtype when it is a float tensor, else None."""
         w = self.base_weight_param()
         return w.dtype if w is not None and w.is_floating_point() else None
+
+    def adapter_dtype(self) -> Optional[torch.dtype]:
+        """The dtype trainable adapter weights are created in: `master_dtype` of the base's (None: the
+        default float32, for a quantized base)."""
+        dtype = self.base_dtype()
+        return None if dtype is None else master_dtype(dtype)
 
     def weight_out_in(self) -> torch.Tensor:
         """The base weight as (out, in): transposed for Conv1D and embeddings, dequantized if needed."""

@@ -74,14 +74,16 @@ class LoraAdapter(LayerAdapter):
         """x (..., in), y = base(x) (..., out) -> y + scaling · B A dropout(x) (DoRA: its rescaled output)."""
         if self.dora is not None:
             return self.dora(layer, self, x, y)
-        a = self.lora_A
-        if x.dtype == y.dtype == a.dtype:
+        a, b = self.lora_A, self.lora_B
+        if x.dtype != a.dtype:
+            # fp32 master factors beside a 16-bit base: the update runs in the activations' dtype, on the
+            # factors cast per call (what CUDA autocast does); their gradients still arrive in fp32
+            a, b = a.to(x.dtype), b.to(x.dtype)
+        if x.dtype == y.dtype:
             # the add fused into the B matmul: one pass over y fewer
             h = F.linear(self.dropout(x), a) * self.scaling
-            return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.t()).view(y.shape)
-        if x.dtype != a.dtype:
-            return y + self.update(x.to(a.dtype)).to(y.dtype)
-        return y + self.update(x)
+            return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), b.t()).view(y.shape)
+        return y + (F.linear(F.linear(self.dropout(x), a) * self.scaling, b)).to(y.dtype)
 
     def embed(self, layer: nn.Module, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ids (...), y = E[ids] (..., dim) -> y + scaling · B A[:, ids] (DoRA: rescaled)."""
@@ -126,7 +128,7 @@ def build(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
     for name, wrapper in wrappers.items():
         adapter = LoraAdapter(wrapper.in_features, wrapper.out_features, config.rank_for(name), config.alpha_for(name),
                               config.lora_dropout, config.use_rslora, config.init_lora_weights,
-                              dtype=wrapper.base_dtype())
+                              dtype=wrapper.adapter_dtype())
         wrapper.add(adapter_name, adapter)
         if init.kind is InitKind.PISSA:
             pissa_init(wrapper, adapter, init.niter)

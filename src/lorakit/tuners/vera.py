@@ -103,7 +103,7 @@ def build(model: nn.Module, config: VeraConfig, adapter_name: str) -> list[str]:
         if weight is not None:
             projection.to(weight.device)
         w.add(adapter_name, VeraAdapter(projection, w.in_features, w.out_features, config.vera_dropout,
-                                        config.d_initial, config.init_weights, dtype=w.base_dtype()))
+                                        config.d_initial, config.init_weights, dtype=w.adapter_dtype()))
     return list(wrappers)
 
 
