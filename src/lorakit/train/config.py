@@ -16,6 +16,7 @@ from ..config import StrictConfig
 from ..data.prefixes import TASK_NAME, source_task_name
 from ..methods import METHODS, Method
 from ..models import DEFAULT_CAUSAL_LM
+from .precision import AUTO as AUTO_DEVICE, DEVICE_PATTERN
 
 MAX_LR = 1.0
 """Above this AdamW moves every weight by about the lr each step: a typo (1e38 overflows float32 mid-step)."""
@@ -28,7 +29,10 @@ class _Section(StrictConfig):
 class ModelSection(_Section):
     name: str = Field(DEFAULT_CAUSAL_LM, min_length=1,
                       description="Embedded default name, local HF model dir, or .gguf file.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base weight dtype.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Base weight dtype. bfloat16 / float16: the trainable adapter weights stay fp32 "
+                               "masters (saved in fp32); on CUDA the forward runs under autocast; float16 "
+                               "adds a gradient scaler.")
     quantization: Optional[Literal["nf4", "int8"]] = Field(None, description="Quantize the frozen base (QLoRA).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
 
@@ -134,6 +138,12 @@ class TrainSection(_Section):
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="Stop after N evals without eval-loss gain.")
     seed: int = Field(0, description="Seed for init, data order and dropout.")
     log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
+    device: str = Field(
+        AUTO_DEVICE, pattern=DEVICE_PATTERN,
+        description="Where one process trains: auto (cuda:0 when CUDA is available, else cpu), cpu, cuda or "
+                    "cuda:N. Under torchrun each rank takes cuda:LOCAL_RANK (auto / cuda) or the CPU (cpu). "
+                    "With model.dtype bfloat16 / float16 on CUDA the forward runs under autocast, adapter "
+                    "weights stay fp32 masters (float16: with a gradient scaler).")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="Under torchrun: ddp (replicated model, gradients all-reduced) or fsdp (FSDP2: parameters "
         "sharded per layer); auto: fsdp for full fine-tuning or a base too big for one GPU, else ddp.")
@@ -235,6 +245,12 @@ class _RunChecks(_Section):
         if ewc_start and self.train.init_adapter and Path(self.train.init_adapter) != Path(ewc_start):
             raise ValueError(f"train.init_adapter: EWC continues the adapter of train.ewc.from ({ewc_start}); "
                              "remove train.init_adapter or make it that adapter")
+        if self.model.dtype == "float16" and self.spec is None:
+            raise ValueError("model.dtype: float16 trains with a loss scaler, which needs fp32 trainable weights; "
+                             "method full trains the float16 weights themselves: use bfloat16 or float32")
+        if self.model.dtype == "float16" and self.train.distributed == "fsdp":
+            raise ValueError("model.dtype: float16: the loss scaler checks each rank's own gradients, FSDP holds "
+                             "shards of them; use bfloat16 or train.distributed: ddp")
         if self.train.distributed == "fsdp" and self.model.quantization:
             raise ValueError("train.distributed: fsdp: a quantized base lives in buffers, which FSDP does not shard; "
                              "use train.distributed: ddp (or auto)")

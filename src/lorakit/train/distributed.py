@@ -5,7 +5,8 @@
 What differs from one process, and where (the loop calls these; everything else is unchanged):
 
 - `setup`: torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) becomes the
-  process group: nccl with one CUDA device per local rank when CUDA is there, gloo on CPU otherwise.
+  process group: nccl with one CUDA device per local rank when CUDA is there (and `train.device` is not
+  cpu), gloo on CPU otherwise. Not under torchrun: one process on `train.device` (`precision.py`).
 - `step_batches`: each optimizer step draws `grad_accum × world` batches from the one global batch
   sequence (the same length-grouped or packed plan as on one process) and deals them round-robin. Every
   example is used once per epoch across ranks, each rank's batches have the plan's padding, and every
@@ -39,6 +40,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..tuners.base import TrainingHooks
+from .precision import AUTO as AUTO_DEVICE, resolve_device
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 RNG_FILE = "rng.safetensors"
@@ -101,20 +103,28 @@ class Context:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def setup(timeout_s: float = 1800) -> Context:
+def setup(timeout_s: float = 1800, device: str = AUTO_DEVICE) -> Context:
     """This process's Context: under torchrun, the process group (made by the first call and kept until the
     process exits, so a script may train several times; a group the caller made is used as it is).
-    Not under torchrun: one process."""
+    Not under torchrun: one process on `device` (`train.device`, `precision.resolve_device`)."""
     env = os.environ
     if not any(k in env for k in ("RANK", "WORLD_SIZE")) and not (dist.is_available() and dist.is_initialized()):
-        return Context()
+        one = resolve_device(device)
+        if one.type == "cuda":
+            torch.cuda.set_device(one)
+        return Context(device=one)
+    if torch.device("cuda" if device == AUTO_DEVICE else device).index is not None:
+        raise DistributedSetupError(f"train.device: {device}: under torchrun each rank takes cuda:LOCAL_RANK; "
+                                    "use train.device: cuda (or auto)")
     missing = [k for k in TORCHRUN_ENV if k not in env]
     if missing and not dist.is_initialized():
         raise DistributedSetupError(
             f"{', '.join(k for k in ('RANK', 'WORLD_SIZE') if k in env)} set but {', '.join(missing)} not: "
             f"start distributed runs with torchrun (or `lorakit train CONFIG --nproc N`)")
     local, restarts = int(env.get("LOCAL_RANK", 0)), int(env.get("TORCHELASTIC_RESTART_COUNT", 0))
-    if torch.cuda.is_available():
+    if device != AUTO_DEVICE:
+        resolve_device(device)  # cuda asked for, none there: the same one line as on one process
+    if torch.cuda.is_available() and torch.device("cuda" if device == AUTO_DEVICE else device).type == "cuda":
         if local >= torch.cuda.device_count():
             raise DistributedSetupError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices: "
                                         f"--nproc-per-node must not exceed the GPUs of a node")
@@ -239,7 +249,7 @@ class Replica:
     def loss_sum(self, batch: dict) -> torch.Tensor:
         """Σ loss over this rank's `batch` (a scalar tensor)."""
         if self.strategy is None:
-            return self._loss(self.model, batch)
+            return self._loss(self.model, self.ctx.to_device(batch))
         return self.module(self.ctx.to_device(batch))
 
     def accumulating(self, last: bool):

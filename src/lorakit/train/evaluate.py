@@ -41,15 +41,26 @@ def normalize_answer(text: str) -> str:
     return text.strip()
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _on(device: torch.device, batch: dict) -> dict:
+    """`batch` on `device` (the model's: batches are collated on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 @torch.no_grad()
 def mean_loss(model: nn.Module, batches: Iterable[dict], loss_sum: Callable) -> tuple[float, float]:
     """(mean loss per target, perplexity) over `batches`."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, device = 0.0, 0, _device(model)
     for batch in batches:
-        total += float(loss_sum(model, batch))
         count += count_targets(batch)
+        total += float(loss_sum(model, _on(device, batch)))
     model.train(was_training)
     loss = total / max(count, 1)
     return loss, math.exp(min(loss, 50.0))
@@ -59,8 +70,9 @@ def mean_loss(model: nn.Module, batches: Iterable[dict], loss_sum: Callable) -> 
 def accuracy(model: nn.Module, batches: Iterable[dict]) -> float:
     was_training = model.training
     model.eval()
-    right, seen = 0, 0
+    right, seen, device = 0, 0, _device(model)
     for batch in batches:
+        batch = _on(device, batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         right += int((logits.argmax(-1) == batch["labels"]).sum())
         seen += batch["labels"].numel()

@@ -4,6 +4,10 @@ Loss normalisation: an optimizer step takes `grad_accum` micro-batches, counts t
 (classification: examples) over all of them first, and backpropagates Σloss / total for each, so
 k micro-batches give exactly the gradient of one batch holding all their rows.
 
+Device and precision (`precision.py`): one process trains on `train.device` (auto: the GPU when there is
+one); a bfloat16 / float16 base trains fp32 master adapter weights, under autocast on CUDA, with a
+gradient scaler for float16. A float32 run goes through none of it.
+
 Under torchrun the same loop runs on every rank (`distributed.py`): each step takes `grad_accum` micro-batches
 per rank, the target count is summed over ranks before any backward, gradients are averaged by DDP / FSDP
 (so the loss is scaled by the world size), and rank 0 alone writes.
@@ -15,15 +19,18 @@ import math
 import os
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 import yaml
+from torch import nn
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..files import atomic_write_text, check_output_dir
 from ..io import save_adapter, write_stack_record, write_task_prefixes
 from ..data.batching import collate_padded
@@ -34,6 +41,7 @@ from .evaluate import EvalResult, score
 from .losses import causal_lm_loss_sum, count_targets
 from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
+from .precision import Precision
 from .prepare import LOSSES, Prepared, prepare
 from .schedule import build_scheduler
 
@@ -60,15 +68,17 @@ class TrainResult:
 
 
 def evaluate(run: Prepared, config: RunConfig, generate: bool = True,
-             replica: Optional[distributed.Replica] = None) -> EvalResult:
-    """Eval loss / perplexity, and exact match (chat data) or accuracy (classification).
+             replica: Optional[distributed.Replica] = None, precision: Optional[Precision] = None) -> EvalResult:
+    """Eval loss / perplexity, and exact match (chat data) or accuracy (classification), in the run's
+    `precision` (autocast for a 16-bit base on CUDA).
     Under torchrun (`replica`), every rank evaluates the whole held-out set and gets the same figures."""
     if run.eval_batches is None:
         return EvalResult()
     model, loss_sum = replica.evaluation() if replica is not None else (run.model, run.loss_sum)
     conversations = run.eval_conversations if generate and config.eval.generate else None
-    return score(model, lambda: _one_epoch(run.eval_batches), loss_sum, config.task is Task.CLASSIFICATION,
-                 run.tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch_size)
+    with precision.forward() if precision is not None else nullcontext():
+        return score(model, lambda: _one_epoch(run.eval_batches), loss_sum, config.task is Task.CLASSIFICATION,
+                     run.tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch_size)
 
 
 def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = None,
@@ -79,7 +89,7 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     Nothing is written before the data, the model and (with `resume`) the checkpoint have been read
     and checked: a run that fails on bad input leaves `output_dir` as it was (or absent).
     """
-    ctx = distributed.setup(config.train.distributed_timeout_s)
+    ctx = distributed.setup(config.train.distributed_timeout_s, config.train.device)  # before any file is read
     result = _train(config, ctx, resume, run, eval_before, quiet)  # a rank that raises exits; torchrun stops the rest
     ctx.barrier()  # the adapter is on disk before any rank returns
     return result
@@ -92,6 +102,10 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
     resume = found is not None
     run = run or prepare(config)
     model, tc = run.model, config.train
+    _place(run, ctx)  # before the hooks below take references to the adapter's tensors
+    precision = Precision.of(config.model.dtype, ctx.device)
+    if precision.scaler is not None:
+        _check_scalable(model)  # before anything is written
     if found is not None:
         checkpoint.check(found, model)
     if main:
@@ -105,6 +119,10 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
     replica = distributed.Replica(model, run.loss_sum, ctx, distributed.choose_strategy(config, model, ctx, hooks))
     if main and ctx.launched and not quiet:
         tqdm.write(f"torchrun: {ctx.world} processes ({ctx.device.type}), {replica.strategy}")
+    if precision.scaler is not None and replica.strategy == "fsdp":
+        raise distributed.DistributedSetupError("model.dtype: float16: the loss scaler checks each rank's own "
+                                                "gradients, FSDP holds shards of them; use bfloat16 or "
+                                                "train.distributed: ddp")
     if tc.save_fisher_samples and replica.strategy == "fsdp":
         raise distributed.DistributedSetupError("train.save_fisher_samples: the Fisher is computed on whole "
                                                 "parameters, not FSDP shards; use train.distributed: ddp")
@@ -123,14 +141,15 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
 
     result = TrainResult(out, total)
     if eval_before:
-        result.first_eval = evaluate(run, config, replica=replica)
+        result.first_eval = evaluate(run, config, replica=replica, precision=precision)
     state = {"best_eval_loss": None, "bad_evals": 0, "batches": run.train_batches.state_dict()}
     start = 0
     if resume:
         with distributed.whole_state(replica, optimizer, load=True):
             state = checkpoint.restore(found, model, optimizer, scheduler)
-        if ctx.launched:
+        if ctx.launched or (ctx.device.type == "cuda" and (found / distributed.RNG_FILE).is_file()):
             distributed.restore_rng(found, ctx)
+        precision.load_state_dict(state)
         run.train_batches.load_state_dict(state["batches"])
         start = state["step"]
         hooks.load(model, found)
@@ -154,24 +173,27 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         loss_total, step_tokens = 0.0, 0
         for i, batch in enumerate(micro):
             with replica.accumulating(last=i == len(micro) - 1):
-                loss = replica.loss_sum(batch) * ctx.world / max(n_targets, 1)
-                extra = hooks.regularizer(model)
-                if extra is not None:
-                    loss = loss + extra / len(micro)
-                loss.backward()
+                with precision.forward():
+                    loss = replica.loss_sum(batch) * ctx.world / max(n_targets, 1)
+                    extra = hooks.regularizer(model)
+                    if extra is not None:
+                        loss = loss + extra / len(micro)
+                precision.backward(loss)
             loss_total += float(loss.detach()) / ctx.world
             step_tokens += _real_tokens(batch)
         loss_total, step_tokens = ctx.sum(loss_total, step_tokens)
         n_targets, tokens_seen = int(n_targets), tokens_seen + int(step_tokens)
-        # max_norm=inf measures without clipping; a non-finite gradient would poison the weights (and checkpoints)
+        precision.unscale(optimizer)  # (float16: the loss scale off the gradients before they are measured)
+        # max_norm=inf measures without clipping; a non-finite gradient would poison the weights (and checkpoints),
+        # except under float16's loss scaling, where the scaler skips that step and lowers the scale
         grad_norm = replica.clip(params, tc.max_grad_norm or math.inf)
-        if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
+        if not (math.isfinite(loss_total) and (math.isfinite(grad_norm) or precision.skips_non_finite())):
             last = checkpoint.latest(out)
             kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"step {step}: loss is {loss_total}, gradient norm {grad_norm}; "
                                 f"training stopped before the update ({kept})")
         lr = optimizer.param_groups[0]["lr"]  # the lr of this step; scheduler.step() sets the next one
-        optimizer.step()
+        stepped = precision.step(optimizer)
         scheduler.step()
         hooks.after_step(model, step)  # may read this step's grads, so before zero_grad
         optimizer.zero_grad(set_to_none=True)
@@ -183,11 +205,12 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         bar.update(1)
         if main and (step % tc.log_every == 0 or step == total):
             log.write({"split": "train", "step": step, "loss": loss_total, "lr": lr, "targets": n_targets,
-                       "tokens_per_s": tokens_seen / elapsed, "elapsed_s": round(elapsed, 3), **hooks.metrics()})
+                       "tokens_per_s": tokens_seen / elapsed, "elapsed_s": round(elapsed, 3), **hooks.metrics(),
+                       **precision.metrics(stepped)})
 
         last_step = step == total
         if run.eval_batches is not None and ((tc.eval_every and step % tc.eval_every == 0) or last_step):
-            ev = evaluate(run, config, generate=last_step, replica=replica)
+            ev = evaluate(run, config, generate=last_step, replica=replica, precision=precision)
             if main:
                 log.write({"split": "eval", "step": step, **ev.metrics()})
             result.final_eval = ev
@@ -202,8 +225,8 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         if (tc.save_every and step % tc.save_every == 0) or last_step or result.stopped_early:
             _check_finite(model, step, out)
             state["batches"] = run.train_batches.state_dict()
-            _save_checkpoint(run, config, ctx, replica, optimizer, scheduler, step, dict(state, world_size=ctx.world),
-                             hooks)
+            _save_checkpoint(run, config, ctx, replica, optimizer, scheduler, step,
+                             dict(state, world_size=ctx.world, **precision.state_dict()), hooks)
         if fault_step and step == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
         if result.stopped_early:
@@ -212,7 +235,7 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
     bar.close()
     result.seconds = time.perf_counter() - t0
     if result.stopped_early and result.final_eval is not None and run.eval_conversations:
-        result.final_eval = evaluate(run, config, replica=replica)
+        result.final_eval = evaluate(run, config, replica=replica, precision=precision)
     with distributed.whole_state(replica, optimizer):
         if main:
             result.adapter_dir = _write_artifacts(run, config, out, hooks)
@@ -228,7 +251,7 @@ def _save_checkpoint(run: Prepared, config: RunConfig, ctx: distributed.Context,
                      optimizer, scheduler, step: int, state: dict, hooks: TrainingHooks) -> None:
     """Rank 0 writes checkpoint `step` (FSDP: from shards gathered for it); every rank waits for it, so a
     rank killed right after finds the checkpoint complete."""
-    rng = distributed.rng_tensors(ctx) if ctx.launched else None
+    rng = distributed.rng_tensors(ctx) if ctx.launched or ctx.device.type == "cuda" else None
 
     def extras(directory: Path) -> None:
         _write_artifacts(run, config, directory, hooks, checkpointing=True)
@@ -241,6 +264,26 @@ def _save_checkpoint(run: Prepared, config: RunConfig, ctx: distributed.Context,
         if ctx.is_main:
             checkpoint.save(config.out, step, run.model, optimizer, scheduler, state, extras, config.train.keep_last)
     ctx.barrier()
+
+
+def _place(run: Prepared, ctx: distributed.Context) -> None:
+    """The model, and a loss that is a module (distillation's projections), on this process's device
+    (nothing to do on the CPU, where they were loaded). A distillation teacher follows on its first batch."""
+    if ctx.device.type == "cpu":
+        return
+    run.model.to(ctx.device)
+    if isinstance(run.loss_sum, nn.Module):
+        run.loss_sum.to(ctx.device)
+
+
+def _check_scalable(model: nn.Module) -> None:
+    """float16 trains with a loss scaler, which needs fp32 gradients: every trainable weight must be an fp32
+    master (adapters are; a 16-bit trained copy, e.g. method full or modules_to_save, is not)."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            raise InputError(f"model.dtype: float16: {name} trains in {str(p.dtype).removeprefix('torch.')}, "
+                                "and float16's loss scaler needs fp32 trainable weights; use model.dtype bfloat16 "
+                                "(no scaler) or float32")
 
 
 def _checkpoint_to_resume(config: RunConfig, ctx: distributed.Context, resume: bool) -> Optional[Path]:
