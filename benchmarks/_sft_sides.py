@@ -2,6 +2,9 @@
 
 Each worker runs in a fresh process (`sft_throughput.py --worker SIDE`), trains one side and
 returns its measurements as a dict: timed window totals, peak RSS, losses, held-out loss.
+`a["device"]` cuda (`--device cuda`): every side loads the base in bfloat16 and trains fp32 LoRA
+weights under bf16 autocast on the GPU (lorakit: `model.dtype: bfloat16`, `train.device: cuda`;
+HF / TRL: peft's fp32 adapters, `bf16=True`), and reports its peak GPU memory too.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import resource
 import statistics
 import time
 import zlib
+from contextlib import nullcontext
 
 import torch
 
@@ -105,6 +109,25 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cuda(a: dict) -> bool:
+    return a.get("device", "cpu") == "cuda"
+
+
+def _dtype(a: dict) -> str:
+    """The base's dtype: bfloat16 on the GPU (with fp32 LoRA weights), float32 on the CPU."""
+    return "bfloat16" if _cuda(a) else "float32"
+
+
+def _gpu_peak(a: dict) -> dict:
+    return {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20} if _cuda(a) else {}
+
+
+def _sync(a: dict) -> None:
+    """Step-end timestamps mean the step's GPU work is done (CUDA runs asynchronously)."""
+    if _cuda(a):
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def _touch(model) -> None:
     """Read every weight once, so "setup" RSS includes them (safetensors pages load lazily)."""
@@ -128,10 +151,13 @@ def heldout_loss(model, examples) -> tuple[float, float]:
 
     model.eval()
     total, n, per_example = 0.0, 0, []
+    device = next(model.parameters()).device
+    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())  # a bf16 base: evaluated under autocast
     for e in examples:
-        ids = torch.tensor([e.input_ids])
-        labels = torch.tensor([e.labels])[:, 1:]
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        ids = torch.tensor([e.input_ids], device=device)
+        labels = torch.tensor([e.labels], device=device)[:, 1:]
+        with torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext():
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
         loss = float(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                      reduction="sum"))
         total, n = total + loss, n + int((labels != -100).sum())
@@ -186,12 +212,13 @@ def lorakit_worker(a: dict) -> dict:
     imported = _peak_rss_mib()
     out = os.path.join(a["tmp"], f"lorakit-run{a['rep']}")
     config = RunConfig(
-        model={"name": MODEL},
+        model={"name": MODEL, "dtype": _dtype(a)},
         lora=LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear"),
         data={"train": a["train"], "format": "messages", "max_length": a["max_length"], "batching": "grouped",
               "max_tokens": a["max_tokens"]},
         train={"steps": a["steps"], "grad_accum": a["accum"], "lr": a["lr"], "schedule": "cosine",
-               "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": a["seed"], "log_every": 1},
+               "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": a["seed"], "log_every": 1,
+               "device": a.get("device", "cpu")},
         eval={"generate": False}, output_dir=out)
     run = prepare(config, load_data(config))
     for name, module in run.model.named_modules():
@@ -217,7 +244,7 @@ def lorakit_worker(a: dict) -> dict:
     ends = [r["elapsed_s"] for r in rows if r.get("split") == "train"]
     res = {"side": "lorakit", "imported_mib": imported, "setup_mib": setup, "peak_mib": peak,
            "train_call_s": total_s, "losses": result.losses, **_window(micro, ends, a["accum"]),
-           "flop_terms": _flop_terms(run.model)}
+           "flop_terms": _flop_terms(run.model), **_gpu_peak(a)}
     from lorakit.data import encode_dataset, load_dataset
 
     evals, _ = encode_dataset(run.tokenizer, load_dataset(a["eval"], "messages"), a["max_length"])
@@ -240,7 +267,7 @@ def _trainer_arguments(a: dict, side: str) -> dict:
         gradient_accumulation_steps=a["accum"], max_steps=a["steps"], learning_rate=a["lr"],
         lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=a["seed"],
         data_seed=a["seed"], logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=True, dataloader_num_workers=0)
+        use_cpu=not _cuda(a), bf16=_cuda(a), dataloader_num_workers=0)
 
 
 def hf_worker(a: dict, grouped: bool) -> dict:
@@ -252,7 +279,7 @@ def hf_worker(a: dict, grouped: bool) -> dict:
 
     torch.set_num_threads(a["threads"])
     imported = _peak_rss_mib()
-    model, tokenizer = load_causal_lm(MODEL)
+    model, tokenizer = load_causal_lm(MODEL, _dtype(a))
     tokenizer.padding_side = "right"  # load_causal_lm sets left padding for generation
     torch.manual_seed(a["seed"])
     model = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
@@ -274,6 +301,7 @@ def hf_worker(a: dict, grouped: bool) -> dict:
 
     class StepEnd(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            _sync(a)
             ends.append(time.perf_counter())
 
     args = TrainingArguments(**_trainer_arguments(a, "hf"), remove_unused_columns=False,
@@ -290,7 +318,7 @@ def hf_worker(a: dict, grouped: bool) -> dict:
     after, after_ex = heldout_loss(model, evals)
     return {"side": "hf-grouped" if grouped else "hf", "imported_mib": imported, "setup_mib": setup,
             "peak_mib": peak, "train_call_s": total_s, "losses": losses, **_window(micro, ends, a["accum"]),
-            "heldout_after": after, "heldout_after_ex": after_ex}
+            "heldout_after": after, "heldout_after_ex": after_ex, **_gpu_peak(a)}
 
 
 def _packed_stats(batch: dict) -> dict:
@@ -306,7 +334,7 @@ def trl_worker(a: dict) -> dict:
     """TRL's SFTTrainer + peft: padding-free batches (each micro-batch's rows concatenated into one
     sequence, attention kept inside each example from the restarting position ids), the dataset
     given pre-tokenised with lorakit's assistant-only labels (TRL keeps a `labels` column as is),
-    fp32 (SFTConfig's bf16 default off: the comparison is fp32) and no gradient checkpointing
+    fp32 on the CPU (SFTConfig's bf16 default off), bf16 autocast with `--device cuda`, and no gradient checkpointing
     (SFTConfig turns it on by default; off is faster, and this benchmark is about speed)."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -318,7 +346,7 @@ def trl_worker(a: dict) -> dict:
 
     torch.set_num_threads(a["threads"])
     imported = _peak_rss_mib()
-    model, tokenizer = load_causal_lm(MODEL)
+    model, tokenizer = load_causal_lm(MODEL, _dtype(a))
     tokenizer.padding_side = "right"
     torch.manual_seed(a["seed"])
     model = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
@@ -332,9 +360,10 @@ def trl_worker(a: dict) -> dict:
 
     class StepEnd(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            _sync(a)
             ends.append(time.perf_counter())
 
-    args = SFTConfig(**_trainer_arguments(a, "trl"), padding_free=True, max_length=None, bf16=False,
+    args = SFTConfig(**_trainer_arguments(a, "trl"), padding_free=True, max_length=None,
         gradient_checkpointing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StepEnd()])
@@ -358,7 +387,7 @@ def trl_worker(a: dict) -> dict:
     after, after_ex = heldout_loss(model, evals)
     return {"side": "trl", "imported_mib": imported, "setup_mib": setup, "peak_mib": peak,
             "train_call_s": total_s, "losses": losses, **_window(micro, ends, a["accum"]),
-            "heldout_after": after, "heldout_after_ex": after_ex}
+            "heldout_after": after, "heldout_after_ex": after_ex, **_gpu_peak(a)}
 
 
 def lorakit_profile(run, a: dict) -> dict:

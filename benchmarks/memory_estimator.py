@@ -76,7 +76,7 @@ def worker(method: str, checkpointing: bool, batch_tokens: int, row_tokens: int,
             "lora": {"r": r, "lora_alpha": 2 * r, "target_modules": "all-linear"},
             "data": {"train": str(data), "format": "text", "max_length": row_tokens, "batching": "grouped",
                      "max_tokens": batch_tokens},
-            "train": {"steps": steps, "lr": 1e-4, "seed": 0},
+            "train": {"steps": steps, "lr": 1e-4, "seed": 0, "device": "cpu"},  # CPU RSS is what is measured
             "output_dir": str(Path(tmp) / "run"),
         })
         baseline = _status()["VmRSS"]

@@ -2,7 +2,7 @@
 (issues #3, #18).
 
     python benchmarks/sft_throughput.py [--examples 96] [--steps N] [--threads 2] [--repeats 3]
-        [--sides lorakit,hf-grouped,trl,hf] [--profile-steps 2] [--profile-only] [--quick]
+        [--sides lorakit,hf-grouped,trl,hf] [--profile-steps 2] [--profile-only] [--quick] [--device cpu|cuda]
 
 Sides (each a fresh process per run; `--sides` picks them, lorakit first):
     lorakit     `lorakit.train.train(config)` (below)
@@ -53,6 +53,14 @@ the last steps are printed too. On identical batches the two sides give bit-iden
 and LoRA gradients, so a gap comes from batch composition and order; at the default size a
 single seed moves the held-out loss by a few percent: use --repeats 3 or more to test +-2%.
 
+GPU (`--device cuda`): the same comparison on one CUDA device, every side with the base in bfloat16
+and fp32 LoRA weights under bf16 autocast (lorakit `model.dtype: bfloat16`, `train.device: cuda`,
+fused AdamW; HF / TRL: peft's fp32 adapters, `bf16=True`), the held-out loss under the same
+autocast. Peak GPU memory (`torch.cuda.max_memory_allocated`) is reported beside RSS, the roofline
+is against a measured bf16 matmul peak of the device, and the CPU op profile is not run. Step
+timestamps wait for the GPU (HF / TRL: synchronize at each step end; lorakit reads its loss every
+micro-batch). Not yet run on a GPU: no figures in the README.
+
 FLOPs (model FLOPs, useful work only, padding not counted), per optimizer step:
     4 · N_base · real_tokens            frozen linears in the decoder: forward + input-gradient
     6 · N_lora · real_tokens            LoRA factors: forward + input-gradient + weight-gradient
@@ -91,8 +99,11 @@ from _sft_sides import (MODEL, ALPHA, R, choose_max_tokens, encoded, hf_worker, 
 # parent
 
 
-def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0) -> float:
-    """fp32 FLOP/s of back-to-back (n × n) @ (n × n) matmuls: the best of 1-matmul timings."""
+def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0, device: str = "cpu") -> float:
+    """FLOP/s of back-to-back (n × n) @ (n × n) matmuls: the best of 1-matmul timings (CPU: fp32;
+    CUDA: bf16, 8192², timed over 20 matmuls between synchronizations)."""
+    if device == "cuda":
+        return _cuda_matmul_peak(seconds=seconds)
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     c = torch.empty(n, n)
@@ -102,6 +113,21 @@ def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0) -> float:
         t = time.perf_counter()
         torch.matmul(a, b, out=c)
         best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def _cuda_matmul_peak(n: int = 8192, seconds: float = 2.0, reps: int = 20) -> float:
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    c = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
+    torch.matmul(a, b, out=c)
+    torch.cuda.synchronize()
+    best, start = math.inf, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b, out=c)
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / reps)
     return 2 * n ** 3 / best
 
 
@@ -150,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="lorakit steps profiled by category after the first run (0: none)")
     ap.add_argument("--profile-only", action="store_true", help="only the lorakit step profile, no training runs")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 32 examples, 8 held out")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: every side on the GPU, bf16 base + fp32 LoRA under autocast (see above)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -160,6 +188,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.quick:
         args.examples, args.eval_examples = 32, 8
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available on this machine")
+    if args.device == "cuda" and (args.profile_only or args.profile_steps):
+        if args.profile_only:
+            ap.error("--profile-only: the op profile is a CPU profile; not with --device cuda")
+        print("--device cuda: the CPU op profile is not run")
+        args.profile_steps = 0
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = [s for s in sides if s not in WORKERS]
     if unknown or not sides or sides[0] != "lorakit":
@@ -186,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
               f"({stats.target_tokens / stats.tokens:.0%}); length min/median/p90/max "
               f"{lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[int(0.9 * len(lengths))]}/{lengths[-1]}; "
               f"{args.eval_examples} held out")
-        print(f"model: {MODEL} fp32, LoRA r={R} alpha={ALPHA} dropout 0 on all linears but lm_head; "
+        base = "fp32" if args.device == "cpu" else "bf16 base, fp32 LoRA, bf16 autocast on cuda"
+        print(f"model: {MODEL} {base}, LoRA r={R} alpha={ALPHA} dropout 0 on all linears but lm_head; "
               f"AdamW lr {args.lr:g}, cosine, no warmup, clip 1.0, seed {args.seed}")
         print(f"steps: {steps} (all sides), grad accum {args.accum}; HF/TRL batch {args.batch_size} rows "
               f"({args.batch_size * args.accum} examples/step); lorakit max_tokens {max_tokens} "
@@ -196,12 +232,13 @@ def main(argv: list[str] | None = None) -> None:
               f"torch {torch.__version__}; each run in a fresh process; timed: steps 2..{steps}")
         a = {"train": train_path, "eval": eval_path, "tmp": tmp, "max_length": args.max_length, "steps": steps,
              "accum": args.accum, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-             "batch_size": args.batch_size, "max_tokens": max_tokens, "profile_steps": args.profile_steps}
+             "batch_size": args.batch_size, "max_tokens": max_tokens, "profile_steps": args.profile_steps,
+             "device": args.device}
         if args.profile_only:
             r = run_child("lorakit", dict(a, rep=0, profile_only=True, profile_steps=max(1, args.profile_steps)))
             print_profile(r["profile"], matmul_peak(args.threads))
             return
-        peak = matmul_peak(args.threads)
+        peak = matmul_peak(args.threads, device=args.device)
         results: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.repeats):
             order = sides if rep % 2 == 0 else sides[::-1]
@@ -211,9 +248,10 @@ def main(argv: list[str] | None = None) -> None:
                 r = run_child(side, dict(a, rep=rep, seed=seed, max_tokens=budget))
                 r["tok_s"], r["tgt_s"] = r["real"] / r["seconds"], r["targets"] / r["seconds"]
                 results[side].append(r)
+                gpu = f"  peak GPU {r['gpu_peak_mib']:6.0f} MiB" if "gpu_peak_mib" in r else ""
                 print(f"  run {rep + 1}/{args.repeats} {side:10s} {r['tok_s']:7.1f} tok/s  "
-                      f"peak RSS {r['peak_mib']:6.0f} MiB  {r['seconds']:.1f} s timed", flush=True)
-        peak = max(peak, matmul_peak(args.threads))
+                      f"peak RSS {r['peak_mib']:6.0f} MiB{gpu}  {r['seconds']:.1f} s timed", flush=True)
+        peak = max(peak, matmul_peak(args.threads, device=args.device))
         report(results, peak, args, steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,6 +318,11 @@ def report(results: dict[str, list[dict]], peak: float, args, steps: int) -> Non
         spread = max(sd("lorakit", "heldout_after"), sd(side, "heldout_after"))
         within = "" if args.repeats < 3 else f"; seed sd {spread:.4f}: {verdict(abs(loss) <= spread)}"
         print(f"lorakit - {side:10s} held-out loss  {loss:+.4f}  ({loss / mean(side, 'heldout_after'):+.2%}{within})")
+    if args.device == "cuda":
+        for side in results:
+            print(f"{side:10s} peak GPU memory {med(side, 'gpu_peak_mib'):.0f} MiB"
+                  + (f"  (lorakit / {side} {med('lorakit', 'gpu_peak_mib') / med(side, 'gpu_peak_mib'):.2f}x)"
+                     if side != "lorakit" else ""))
     if "hf-grouped" in results:
         rss = med("lorakit", "peak_mib") / med("hf-grouped", "peak_mib")
         print(f"lorakit / hf-grouped peak RSS     {rss:.2f}x   (goal <= {RSS_GOAL}x)  {verdict(rss <= RSS_GOAL)}")
@@ -296,7 +339,9 @@ def report(results: dict[str, list[dict]], peak: float, args, steps: int) -> Non
     print(f"  per step window: 4*N_base*real + 6*N_lora*real + 4*V*d*targets = {linear / 1e12:.3f} TFLOP over "
           f"{r['real']} real tokens / {r['targets']} targets; attention 6*layers*d_attn*sum(len^2) = "
           f"{attention / 1e12:.3f} TFLOP")
-    print(f"measured fp32 matmul peak ({args.threads} threads, 2048^3): {peak / 1e9:.1f} GFLOP/s")
+    what = f"fp32 matmul peak ({args.threads} threads, 2048^3)" if args.device == "cpu" else \
+        "bf16 matmul peak (cuda, 8192^3)"
+    print(f"measured {what}: {peak / 1e9:.1f} GFLOP/s")
     print(f"lorakit achieved (median run): {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of peak "
           f"(goal >= {ROOFLINE_GOAL:.0%})  {verdict(achieved / peak >= ROOFLINE_GOAL)}; "
           f"{(linear + attention) / r['seconds'] / 1e9:.1f} GFLOP/s = {(linear + attention) / r['seconds'] / peak:.1%} "
