@@ -173,11 +173,11 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         loss_total, step_tokens = 0.0, 0
         for i, batch in enumerate(micro):
             with replica.accumulating(last=i == len(micro) - 1):
-                with precision.forward():
+                with precision.forward():  # the model's forward (autocast for a 16-bit base on CUDA)
                     loss = replica.loss_sum(batch) * ctx.world / max(n_targets, 1)
-                    extra = hooks.regularizer(model)
-                    if extra is not None:
-                        loss = loss + extra / len(micro)
+                extra = hooks.regularizer(model)  # loss terms on the fp32 adapter weights, in fp32
+                if extra is not None:
+                    loss = loss + extra / len(micro)
                 precision.backward(loss)
             loss_total += float(loss.detach()) / ctx.world
             step_tokens += _real_tokens(batch)
