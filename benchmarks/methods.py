@@ -72,7 +72,7 @@ TASKS = {
         "base": {"task": "sft", "model": {"name": "smollm2-135m-instruct"},
                  "data": {"train": "bundled:quickstart_train", "eval": "bundled:quickstart_eval", "max_length": 128,
                           "batching": "grouped", "max_tokens": 512},
-                 "train": {"steps": 30, "schedule": "cosine", "warmup_steps": 3, "seed": 0},
+                 "train": {"steps": 30, "schedule": "cosine", "warmup_steps": 3, "seed": 0, "device": "cpu"},
                  "eval": {"max_new_tokens": 24, "batch_size": 30}},
         "metric": "exact_match",
     },
@@ -81,7 +81,7 @@ TASKS = {
         "base": {"task": "classification", "model": {"name": "all-minilm-l6-v2"},
                  "data": {"train": "bundled:classify_train", "eval": "bundled:classify_eval", "max_length": 64,
                           "max_tokens": 1024},
-                 "train": {"steps": 60, "schedule": "cosine", "warmup_steps": 5, "seed": 0}},
+                 "train": {"steps": 60, "schedule": "cosine", "warmup_steps": 5, "seed": 0, "device": "cpu"}},
         "metric": "accuracy",
     },
 }
