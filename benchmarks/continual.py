@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import lorakit
-from lorakit.config import ConfigError, load_config
+from lorakit.config import load_config
 from lorakit.data.bundled import NAMES as BUNDLED, path as bundled_path
 from lorakit.data.formats import load_dataset
 from lorakit.files import atomic_write_text
+from lorakit.strict import ConfigError
 from lorakit.train.config import RunConfig
 from lorakit.train.evaluate import generate_answers
 from lorakit.train.forgetting import agreement, base_answers, general_prompts

@@ -142,7 +142,7 @@ def test_an_internal_error_is_not_passed_off_as_a_user_error(tiny_lm_dir, monkey
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from lorakit.config import ConfigError
+    from lorakit.strict import ConfigError
 
     path = tmp_path / "bad.yaml"
     path.write_text("nonsense: 1\n")

@@ -1,10 +1,8 @@
 """Adapter configs with peft's field names (they are also the on-disk format), and loading run configs.
 
-Every config class (these and the run config's sections) derives from `StrictConfig`: unknown
-fields, values of the wrong type (`r: true`, `r: "8"`, `lr: fast`) and non-finite numbers are
-errors, also in Python code, where they raise `ConfigError` naming the class, field and value.
-`LoraConfig.from_peft_dict` (used when reading `adapter_config.json`) warns about and drops fields
-written by newer peft versions instead of crashing.
+They derive from `StrictConfig` (lorakit/strict.py): unknown fields, wrong types and non-finite
+numbers are errors. `LoraConfig.from_peft_dict` (used when reading `adapter_config.json`) warns
+about and drops fields written by newer peft versions instead of crashing.
 
 Run configs are YAML 1.2 as far as numbers go (`1e-3` is a number, not the string PyYAML's
 YAML 1.1 makes of it); a key written twice in one mapping is an error.
@@ -18,9 +16,9 @@ import warnings
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .errors import InputError
+from .strict import ConfigError, StrictConfig, check_regex, error_key, validation_message
 
 TargetSpec = Union[list[str], str, None]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -67,64 +65,6 @@ def parse_lora_init(value: Union[bool, str]) -> LoraInit:
     if m is None:
         raise ValueError(f"init_lora_weights={value!r}: expected True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>'")
     return LoraInit(InitKind.PISSA, int(m.group(1)) if m.group(1) else None)
-
-
-class ConfigError(InputError):
-    """A config file, override or config object that does not validate: names the file, line and dotted key."""
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
-
-
-def error_key(err: dict) -> str:
-    """The dotted key of one pydantic error, without the union-branch tags pydantic puts in `loc`
-    (`target_modules.list[str].0` -> `target_modules.0`)."""
-    parts = [p for p in err["loc"] if not (isinstance(p, str) and (p in _TYPE_TAGS or any(c in p for c in "[]-")))]
-    return ".".join(map(str, parts))
-
-
-def validation_message(e: ValidationError) -> str:
-    """One line for pydantic's first error: `dotted.key: what is wrong (got VALUE)`, and how many more."""
-    errors = e.errors()
-    err = errors[0]
-    key = error_key(err)
-    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    if err["type"] != "extra_forbidden" and isinstance(value, (bool, int, float, str, type(None))) \
-            and len(repr(value)) <= 60 and repr(value) not in msg:
-        msg += f" (got {value!r})"
-    others = len({error_key(x) for x in errors[1:]} - {key})  # (a union's branches are one mistake)
-    more = f" (and {others} more)" if others else ""
-    return f"{key + ': ' if key else ''}{msg}{more}"
-
-
-class StrictConfig(BaseModel):
-    """Base of every config class: extra fields, wrong types and inf/nan are errors; in Python code they
-    raise `ConfigError` ("LoraConfig: r: Input should be a valid integer (got True)")."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
-
-    def __init__(self, **data: Any):
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise ConfigError(f"{type(self).__name__}: {validation_message(e)}") from None
-
-    __init__.__pydantic_base_init__ = True  # nested validation keeps pydantic's errors (with their dotted keys)
-
-    def __setattr__(self, name: str, value: Any):
-        try:
-            super().__setattr__(name, value)
-        except ValidationError as e:
-            raise ConfigError(f"{type(self).__name__}: {validation_message(e)}") from None
-
-
-def check_regex(pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{pattern!r} is not a valid regex ({e})") from None
-    return pattern
 
 
 class PeftFormatConfig(StrictConfig):

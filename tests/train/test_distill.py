@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from helpers import chat_llama, randomize_lora_b
 from lorakit import LoraConfig, inject
 from lorakit.compress import prune_to_dir
-from lorakit.config import ConfigError
 from lorakit.errors import InputError
 from lorakit.inference import load_trained
+from lorakit.strict import ConfigError
 from lorakit.train import checkpoint
 from lorakit.train.distill import Distiller
 from lorakit.train.loop import train

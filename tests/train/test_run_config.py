@@ -5,8 +5,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from lorakit.config import ConfigError, load_config
+from lorakit.config import load_config
 from lorakit.models import resolve
+from lorakit.strict import ConfigError
 from lorakit.train.config import RunConfig
 from lorakit.train.prepare import load_data
 

@@ -8,8 +8,9 @@ import torch
 
 import lorakit
 from helpers import MODEL_FACTORIES, logits, peft_from_pretrained, tiny_llama
-from lorakit.config import ConfigError, load_config
+from lorakit.config import load_config
 from lorakit.inject import adapter_configs
+from lorakit.strict import ConfigError
 from lorakit.tuners.adalora import STATE_FILE, AdaLoraAdapter, RankAllocator, find_adapters, training_hooks
 
 peft = pytest.importorskip("peft")

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from .. import methods
-from ..config import InitKind, LoraConfig, validation_message
+from ..config import InitKind, LoraConfig
 from ..errors import InputError, UnknownAdapterError
 from ..files import atomic_write, atomic_write_text, check_output_dir, read_json
 from ..inject import inject
 from ..quant import quant_spec
 from ..state import adapter_configs, bias_parameters, delete_adapter, holders, mark_trainable, set_adapter
+from ..strict import validation_message
 from ..targets import candidate_modules
 from ..tuners.base import Kind, ModulesToSave
 from .shards import check_safetensors

@@ -25,15 +25,16 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from ..config import ConfigError, StrictConfig, key_line, load_config, yaml_lines
+from ..config import key_line, load_config, yaml_lines
 from ..files import read_text
+from ..strict import ConfigError, StrictConfig
 from .methods import METHODS, Method
 
 DTYPE_NAMES = Literal["float32", "bfloat16", "float16"]
 
 
 class _Strict(StrictConfig):
-    """Strict types and unknown keys refused, like every config class (`lorakit.config.StrictConfig`)."""
+    """Strict types and unknown keys refused, like every config class (`lorakit.strict.StrictConfig`)."""
 
 
 class ModelEntry(_Strict):

@@ -12,10 +12,10 @@ from typing import Literal, Optional
 
 from pydantic import Field, create_model, field_serializer, field_validator, model_validator
 
-from ..config import StrictConfig
 from ..data.prefixes import TASK_NAME, source_task_name
 from ..methods import METHODS, Method
 from ..models import DEFAULT_CAUSAL_LM
+from ..strict import StrictConfig
 from .precision import AUTO as AUTO_DEVICE, DEVICE_PATTERN
 
 MAX_LR = 1.0
@@ -23,7 +23,7 @@ MAX_LR = 1.0
 
 
 class _Section(StrictConfig):
-    """Strict types, unknown keys refused (see `lorakit.config.StrictConfig`)."""
+    """Strict types, unknown keys refused (see `lorakit.strict.StrictConfig`)."""
 
 
 class ModelSection(_Section):
