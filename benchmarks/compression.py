@@ -48,9 +48,9 @@ def quickstart_adapter(out: Path) -> Path:
     existing = ROOT / "runs" / "quickstart" / "adapter"
     if (existing / "adapter_config.json").is_file():
         return existing
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
     from lorakit.train.loop import train
+    from lorakit.yamlconfig import load_config
 
     log("training the quickstart adapter (configs/quickstart.yaml)")
     config = load_config(RunConfig, str(ROOT / "configs" / "quickstart.yaml"),
@@ -202,11 +202,11 @@ def build(name: str, args, fp32_dir: Path, adapter: Path, figures: dict):
 def distill_student(args, adapter: Path) -> dict:
     """Half the teacher's layers, initialised from it, trained by logit distillation (configs/distill.yaml)."""
     from lorakit.compress import prune_to_dir
-    from lorakit.config import load_config
     from lorakit.inference import load_merged
     from lorakit.io.model_dir import save_model_dir
     from lorakit.train.config import RunConfig
     from lorakit.train.loop import train
+    from lorakit.yamlconfig import load_config
 
     init = args.out / "student-init"
     prune_to_dir(str(args.out / "fp32"), init, "structured", sparsity=0.0, keep_layers=args.student_layers,

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import lorakit
-from lorakit.config import load_config
 from lorakit.data.bundled import NAMES as BUNDLED, path as bundled_path
 from lorakit.data.formats import load_dataset
 from lorakit.files import atomic_write_text
@@ -50,6 +49,7 @@ from lorakit.train.config import RunConfig
 from lorakit.train.evaluate import generate_answers
 from lorakit.train.forgetting import agreement, base_answers, general_prompts
 from lorakit.train.quickstart import QUICKSTART
+from lorakit.yamlconfig import load_config
 
 TASKS = {"notes": "quickstart", "contacts": "contacts", "orders": "orders"}
 """Task name → bundled stem (`bundled:<stem>_train` / `_eval`), in training order."""

@@ -38,7 +38,6 @@ import torch
 import yaml
 
 import lorakit
-from lorakit.config import load_config
 from lorakit.data.bundled import NAMES as BUNDLED, path as bundled_path
 from lorakit.data.formats import load_dataset
 from lorakit.merge import Recipe
@@ -46,6 +45,7 @@ from lorakit.models import DEFAULT_CAUSAL_LM, load_causal_lm, local_dir
 from lorakit.train.config import RunConfig
 from lorakit.train.evaluate import exact_match, generate_answers
 from lorakit.train.quickstart import QUICKSTART
+from lorakit.yamlconfig import load_config
 
 TASKS = {"calendar": "quickstart", "contacts": "contacts", "orders": "orders"}
 BASE = DEFAULT_CAUSAL_LM

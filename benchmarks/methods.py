@@ -89,8 +89,8 @@ TASKS = {
 
 def run_config(task: str, name: str, output_dir: str):
     """The RunConfig of one benchmark run."""
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
+    from lorakit.yamlconfig import load_config
 
     method, section, lr = TASKS[task]["runs"][name]
     data = json.loads(json.dumps(TASKS[task]["base"]))

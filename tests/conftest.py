@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helpers import chat_llama, make_adapter, save_tiny_lm, tiny_bert, tiny_gpt2, tiny_llama, train_bpe
-from lorakit.config import load_config
 from lorakit.data.bundled import path as bundled_path
 from lorakit.train.config import RunConfig
+from lorakit.yamlconfig import load_config
 
 
 def pytest_collection_modifyitems(config, items):

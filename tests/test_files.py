@@ -27,8 +27,8 @@ def test_utf8_and_bom_marked_unicode_files_read_the_same(tmp_path, encoded):
 
 
 def test_a_config_with_a_bom_loads(tmp_path):
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
+    from lorakit.yamlconfig import load_config
 
     path = tmp_path / "run.yaml"
     path.write_bytes(codecs.BOM_UTF8 + b"data:\n  train: x.jsonl\ntrain:\n  lr: 1e-3\n")

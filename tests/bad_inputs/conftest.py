@@ -33,9 +33,9 @@ def bad_input_assets(tmp_path_factory, sft_files, classify_files):
 
 
 def _finished_run(assets: Assets) -> None:
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
     from lorakit.train.loop import train
+    from lorakit.yamlconfig import load_config
 
     config = deep_merge(good_run_config(assets, assets.run), RUN_CHANGES)
     train(load_config(RunConfig, None, [], base=config), quiet=True)

@@ -145,8 +145,8 @@ ROWS = [
 
 
 def _load_config(overrides):
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
+    from lorakit.yamlconfig import load_config
 
     return load_config(RunConfig, None, overrides, base={"data": {"train": "x.jsonl"}})
 

@@ -17,11 +17,11 @@ import yaml
 from safetensors.torch import load_file
 
 from lorakit.cli import main
-from lorakit.config import load_config
 from lorakit.data import IGNORE, Example, grouped_batches, packed_batches
 from lorakit.train import distributed
 from lorakit.train.config import RunConfig
 from lorakit.train.loop import train
+from lorakit.yamlconfig import load_config
 
 TIMEOUT = 240
 

@@ -21,8 +21,8 @@ def rows(run_dir, split):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, tiny_lm_dir, sft_files):
     """Task A trained 3 steps, its Fisher over 4 rows saved beside the adapter."""
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
+    from lorakit.yamlconfig import load_config
 
     out = tmp_path_factory.mktemp("task-a") / "run"
     config = load_config(RunConfig, None, ["train.save_fisher_samples=4"], base={

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import lorakit
-from lorakit.config import load_config
 from lorakit.data.batching import collate_padded
 from lorakit.models import load_causal_lm, load_classifier
 from lorakit.train import checkpoint, evaluate, loop
@@ -21,6 +20,7 @@ from lorakit.train.loop import TrainingError, train
 from lorakit.train.losses import count_targets
 from lorakit.train.prepare import prepare
 from lorakit.train.schedule import lr_factor
+from lorakit.yamlconfig import load_config
 
 
 class FixedBatches:

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from lorakit.config import load_config
 from lorakit.data.io import DataError
 from lorakit.train import prepare as prepare_module
 from lorakit.train.config import RunConfig
 from lorakit.train.loop import train
+from lorakit.yamlconfig import load_config
 
 
 def run(tmp_path, *overrides, task="sft"):

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.config import load_config
 from lorakit.train.config import RunConfig
 from lorakit.train.evaluate import Generation
 from lorakit.train.quickstart import quickstart_config, run_quickstart, side_by_side
+from lorakit.yamlconfig import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

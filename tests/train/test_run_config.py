@@ -5,11 +5,11 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from lorakit.config import load_config
 from lorakit.models import resolve
 from lorakit.strict import ConfigError
 from lorakit.train.config import RunConfig
 from lorakit.train.prepare import load_data
+from lorakit.yamlconfig import load_config
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*") if p.suffix in (".yaml", ".yml"))

@@ -18,8 +18,8 @@ from lorakit.train.loop import train
 @pytest.fixture(scope="module")
 def multitask_adapter(tmp_path_factory, tiny_lm_dir, sft_files):
     """A 2-step LoRA run on two prefixed sources (one named, one by its file stem)."""
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
+    from lorakit.yamlconfig import load_config
 
     out = tmp_path_factory.mktemp("multitask")
     config = load_config(RunConfig, None, [], base={

@@ -8,10 +8,10 @@ import torch
 
 import lorakit
 from helpers import MODEL_FACTORIES, logits, peft_from_pretrained, tiny_llama
-from lorakit.config import load_config
 from lorakit.inject import adapter_configs
 from lorakit.strict import ConfigError
 from lorakit.tuners.adalora import STATE_FILE, AdaLoraAdapter, RankAllocator, find_adapters, training_hooks
+from lorakit.yamlconfig import load_config
 
 peft = pytest.importorskip("peft")
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}

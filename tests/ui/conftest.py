@@ -62,9 +62,9 @@ def redraw_lora_b(adapter: Path, seed: int) -> None:
 @pytest.fixture(scope="session")
 def ui_root(tmp_path_factory, tiny_lm_dir, sft_files):
     """`runs/` (alpha, beta: trained; live; broken), `data/` (tiny-base, train/eval.jsonl), `configs/`."""
-    from lorakit.config import load_config
     from lorakit.train.config import RunConfig
     from lorakit.train.loop import train
+    from lorakit.yamlconfig import load_config
 
     root = tmp_path_factory.mktemp("ui")
     data, runs, configs = root / "data", root / "runs", root / "configs"

@@ -10,9 +10,9 @@ from .common import RAW, config_epilog, positive_int
 
 
 def cmd_train(args) -> int:
-    from ..config import load_config
     from ..train.config import RunConfig
     from ..train.loop import train
+    from ..yamlconfig import load_config
 
     config = load_config(RunConfig, args.config, args.overrides)  # checked here, before any process starts
     if args.nproc is not None:
@@ -58,10 +58,10 @@ def cmd_quickstart(args) -> int:
 
 def cmd_inspect(args) -> int:
     from ..analysis import describe_adapted, describe_model
-    from ..config import load_config
     from ..models import load_causal_lm, load_classifier
     from ..train.config import RunConfig, Task
     from ..train.prepare import attach_method
+    from ..yamlconfig import load_config
 
     overrides, name = list(args.overrides), args.model
     if name and "=" in name:  # `lorakit inspect lora.r=8`: no model given, only overrides

@@ -54,8 +54,8 @@ PRUNERS: dict[str, Callable] = {"unstructured": _unstructured("layer"), "global"
 
 def _recover_config(recover: str, overrides: Sequence[str], model_dir: Path, workdir: Path):
     """The recovery run's config: `recover` with `overrides`, trained on `model_dir`, written under `workdir`."""
-    from ..config import load_config
     from ..train.config import RunConfig
+    from ..yamlconfig import load_config
 
     config = load_config(RunConfig, recover, [*overrides, f"model.name={model_dir}", f"output_dir={workdir / 'recover'}"])
     if config.spec is None or config.task is not Task.SFT:

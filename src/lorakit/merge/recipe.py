@@ -25,9 +25,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from ..config import key_line, load_config, yaml_lines
 from ..files import read_text
 from ..strict import ConfigError, StrictConfig
+from ..yamlconfig import key_line, load_config, yaml_lines
 from .methods import METHODS, Method
 
 DTYPE_NAMES = Literal["float32", "bfloat16", "float16"]

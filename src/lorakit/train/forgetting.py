@@ -381,7 +381,7 @@ def format_comparison(pairs: list[dict], before: str, after: str) -> str:
 
 def suites_from_config(path: Path) -> list[str]:
     """`eval.suites` of a run config file (the adapter's run config.yaml or `--config`)."""
-    from ..config import load_config
+    from ..yamlconfig import load_config
     from .config import RunConfig
 
     return list(load_config(RunConfig, str(path)).eval.suites)

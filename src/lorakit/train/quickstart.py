@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..config import load_config
 from ..inject import describe_trainable
 from ..strict import ConfigError
+from ..yamlconfig import load_config
 from .config import RunConfig
 from .evaluate import EvalResult, Generation
 from .loop import TrainResult, evaluate, train

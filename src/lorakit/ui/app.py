@@ -285,8 +285,8 @@ def _prefill(settings: UiSettings, policy: forms.PathPolicy, config: Optional[st
     """Form values (dotted key → text) from a config file of the configs directory, or for a data file."""
     import yaml
 
-    from ..config import parse_yaml
     from ..files import read_text
+    from ..yamlconfig import parse_yaml
 
     if config is not None:
         root = settings.configs

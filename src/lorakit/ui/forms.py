@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..config import _set_dotted, parse_yaml
 from ..data.prefixes import parse_suite
 from ..errors import InputError
+from ..yamlconfig import _set_dotted, parse_yaml
 from .runs import flatten
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
