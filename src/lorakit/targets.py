@@ -38,6 +38,15 @@ PRESET_ALIASES = {
 LAYER_LIST_NAMES = ("layers", "layer", "h", "blocks", "block")
 
 
+def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(path, modules) of the model's transformer layers: the first ModuleList named like a layer list."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in LAYER_LIST_NAMES and len(module):
+            return name, module
+    raise InputError(f"{type(model).__name__}: no list of transformer layers found (looked for ModuleLists named "
+                     f"{', '.join(LAYER_LIST_NAMES)})")
+
+
 def preset_targets(model: nn.Module, presets: dict[str, list[str]] = PRESETS) -> list[str] | None:
     """The usual targets for the model's architecture (from `config.model_type`) in `presets`
     (default: LoRA's), if known; architectures in PRESET_ALIASES share their family's entry."""

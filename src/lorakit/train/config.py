@@ -144,6 +144,11 @@ class TrainSection(_Section):
                     "cuda:N. Under torchrun each rank takes cuda:LOCAL_RANK (auto / cuda) or the CPU (cpu). "
                     "With model.dtype bfloat16 / float16 on CUDA the forward runs under autocast, adapter "
                     "weights stay fp32 masters (float16: with a gradient scaler).")
+    compile: bool = Field(
+        False, description="Compile each transformer layer with torch.compile (inductor; on the CPU it needs a C++ "
+                           "compiler) for the training steps: fused elementwise kernels, ~10% faster steps on "
+                           "SmolLM2 on 2 CPU cores, after a first step that compiles (about a minute; cached on "
+                           "disk for later runs). Evaluation and generation stay eager.")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="Under torchrun: ddp (replicated model, gradients all-reduced) or fsdp (FSDP2: parameters "
         "sharded per layer); auto: fsdp for full fine-tuning or a base too big for one GPU, else ddp.")

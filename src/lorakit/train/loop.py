@@ -35,7 +35,7 @@ from ..files import atomic_write_text, check_output_dir
 from ..io import save_adapter, write_stack_record, write_task_prefixes
 from ..data.batching import collate_padded
 from ..tuners.base import NO_HOOKS, HookChain, TrainingHooks
-from . import checkpoint, continual, distributed
+from . import checkpoint, compiled, continual, distributed
 from .config import RunConfig, Task
 from .evaluate import EvalResult, score
 from .losses import causal_lm_loss_sum, count_targets
@@ -76,7 +76,7 @@ def evaluate(run: Prepared, config: RunConfig, generate: bool = True,
         return EvalResult()
     model, loss_sum = replica.evaluation() if replica is not None else (run.model, run.loss_sum)
     conversations = run.eval_conversations if generate and config.eval.generate else None
-    with precision.forward() if precision is not None else nullcontext():
+    with precision.forward() if precision is not None else nullcontext(), compiled.eager():
         return score(model, lambda: _one_epoch(run.eval_batches), loss_sum, config.task is Task.CLASSIFICATION,
                      run.tokenizer, conversations, config.eval.max_new_tokens, config.eval.batch_size)
 
@@ -90,17 +90,22 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     and checked: a run that fails on bad input leaves `output_dir` as it was (or absent).
     """
     ctx = distributed.setup(config.train.distributed_timeout_s, config.train.device)  # before any file is read
-    result = _train(config, ctx, resume, run, eval_before, quiet)  # a rank that raises exits; torchrun stops the rest
+    out = check_output_dir(config.out, "output_dir")
+    found = _checkpoint_to_resume(config, ctx, resume)  # before the model loads: a wrong output_dir fails in a second
+    run = run or prepare(config)
+    if config.train.compile:
+        compiled.check_compilable(run.model, ctx.device)
+    with compiled.compiled_layers(run.model) if config.train.compile else nullcontext():
+        # a rank that raises exits; torchrun stops the rest
+        result = _train(config, ctx, out, found, run, eval_before, quiet)
     ctx.barrier()  # the adapter is on disk before any rank returns
     return result
 
 
-def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optional[Prepared],
+def _train(config: RunConfig, ctx: distributed.Context, out: Path, found: Optional[Path], run: Prepared,
            eval_before: bool, quiet: bool) -> TrainResult:
-    out, main = check_output_dir(config.out, "output_dir"), ctx.is_main
-    found = _checkpoint_to_resume(config, ctx, resume)  # before the model loads: a wrong output_dir fails in a second
+    main = ctx.is_main
     resume = found is not None
-    run = run or prepare(config)
     model, tc = run.model, config.train
     _place(run, ctx)  # before the hooks below take references to the adapter's tensors
     precision = Precision.of(config.model.dtype, ctx.device)
@@ -240,7 +245,8 @@ def _train(config: RunConfig, ctx: distributed.Context, resume: bool, run: Optio
         if main:
             result.adapter_dir = _write_artifacts(run, config, out, hooks)
     if main and tc.save_fisher_samples:
-        _write_fisher(run, config, log, result.steps, quiet)
+        with compiled.eager():
+            _write_fisher(run, config, log, result.steps, quiet)
     if main:
         log.close()
         plot_loss(log.rows(), out / "loss_curve.png")

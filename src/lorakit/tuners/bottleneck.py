@@ -33,7 +33,7 @@ from torch import nn
 from ..config import LayerIndex, PeftFormatConfig
 from ..errors import InputError
 from ..state import replace_module
-from ..targets import LAYER_LIST_NAMES, PRESET_ALIASES
+from ..targets import PRESET_ALIASES, layer_list
 from .base import AdapterHolder, Kind, Method
 from .layers import master_dtype
 
@@ -189,15 +189,6 @@ class AdapterSite(AdapterHolder):
 
     def saved_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         return dict(self.adapters[adapter_name].state_dict(keep_vars=True))
-
-
-def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(path, modules) of the model's transformer layers: the first ModuleList named like a layer list."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in LAYER_LIST_NAMES and len(module):
-            return name, module
-    raise InputError(f"{type(model).__name__}: no list of transformer layers found (looked for ModuleLists named "
-                     f"{', '.join(LAYER_LIST_NAMES)})")
 
 
 def sites(model: nn.Module, config: BottleneckConfig) -> dict[str, Site]:
