@@ -114,8 +114,8 @@ def _cuda(a: dict) -> bool:
 
 
 def _dtype(a: dict) -> str:
-    """The base's dtype: bfloat16 on the GPU (with fp32 LoRA weights), float32 on the CPU."""
-    return "bfloat16" if _cuda(a) else "float32"
+    """The base's dtype (`--dtype`; default bfloat16 on the GPU, float32 on the CPU); LoRA weights stay fp32."""
+    return a.get("dtype") or ("bfloat16" if _cuda(a) else "float32")
 
 
 def _gpu_peak(a: dict) -> dict:
@@ -152,11 +152,11 @@ def heldout_loss(model, examples) -> tuple[float, float]:
     model.eval()
     total, n, per_example = 0.0, 0, []
     device = next(model.parameters()).device
-    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())  # a bf16 base: evaluated under autocast
+    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())  # a bf16 base: evaluated under bf16 autocast
     for e in examples:
         ids = torch.tensor([e.input_ids], device=device)
         labels = torch.tensor([e.labels], device=device)[:, 1:]
-        with torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext():
+        with torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext():
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
         loss = float(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                      reduction="sum"))
@@ -218,7 +218,7 @@ def lorakit_worker(a: dict) -> dict:
               "max_tokens": a["max_tokens"]},
         train={"steps": a["steps"], "grad_accum": a["accum"], "lr": a["lr"], "schedule": "cosine",
                "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": a["seed"], "log_every": 1,
-               "device": a.get("device", "cpu")},
+               "device": a.get("device", "cpu"), "compile": a.get("compile", False)},
         eval={"generate": False}, output_dir=out)
     run = prepare(config, load_data(config))
     for name, module in run.model.named_modules():
@@ -242,14 +242,14 @@ def lorakit_worker(a: dict) -> dict:
     peak = _peak_rss_mib()
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
     ends = [r["elapsed_s"] for r in rows if r.get("split") == "train"]
-    res = {"side": "lorakit", "imported_mib": imported, "setup_mib": setup, "peak_mib": peak,
-           "train_call_s": total_s, "losses": result.losses, **_window(micro, ends, a["accum"]),
+    res = {"side": a.get("side", "lorakit"), "first_step_s": ends[0], "imported_mib": imported,
+           "setup_mib": setup, "peak_mib": peak, "train_call_s": total_s, "losses": result.losses, **_window(micro, ends, a["accum"]),
            "flop_terms": _flop_terms(run.model), **_gpu_peak(a)}
     from lorakit.data import encode_dataset, load_dataset
 
     evals, _ = encode_dataset(run.tokenizer, load_dataset(a["eval"], "messages"), a["max_length"])
     res["heldout_after"], res["heldout_after_ex"] = heldout_loss(run.model, evals)
-    if a["rep"] == 0:
+    if a["rep"] == 0 and not a.get("compile"):
         from lorakit import disable_adapters
 
         with disable_adapters(run.model):
@@ -267,7 +267,7 @@ def _trainer_arguments(a: dict, side: str) -> dict:
         gradient_accumulation_steps=a["accum"], max_steps=a["steps"], learning_rate=a["lr"],
         lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=a["seed"],
         data_seed=a["seed"], logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=not _cuda(a), bf16=_cuda(a), dataloader_num_workers=0)
+        use_cpu=not _cuda(a), bf16=_dtype(a) == "bfloat16", dataloader_num_workers=0)
 
 
 def hf_worker(a: dict, grouped: bool) -> dict:
@@ -334,7 +334,8 @@ def trl_worker(a: dict) -> dict:
     """TRL's SFTTrainer + peft: padding-free batches (each micro-batch's rows concatenated into one
     sequence, attention kept inside each example from the restarting position ids), the dataset
     given pre-tokenised with lorakit's assistant-only labels (TRL keeps a `labels` column as is),
-    fp32 on the CPU (SFTConfig's bf16 default off), bf16 autocast with `--device cuda`, and no gradient checkpointing
+    fp32 on the CPU (SFTConfig's bf16 default off), bf16 autocast with `--dtype bfloat16` (the default with
+    `--device cuda`), and no gradient checkpointing
     (SFTConfig turns it on by default; off is faster, and this benchmark is about speed)."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model

@@ -2,10 +2,13 @@
 (issues #3, #18).
 
     python benchmarks/sft_throughput.py [--examples 96] [--steps N] [--threads 2] [--repeats 3]
-        [--sides lorakit,hf-grouped,trl,hf] [--profile-steps 2] [--profile-only] [--quick] [--device cpu|cuda]
+        [--sides lorakit,hf-grouped,trl,hf,lorakit-compile] [--profile-steps 2] [--profile-only] [--quick] [--device cpu|cuda]
 
 Sides (each a fresh process per run; `--sides` picks them, lorakit first):
     lorakit     `lorakit.train.train(config)` (below)
+    lorakit-compile  the same with `train.compile: true` (each decoder layer under torch.compile;
+                step 1, which compiles, is not timed, like every side's step 1: its seconds are
+                printed apart); not in the default sides
     hf-grouped  `transformers.Trainer` + peft with `train_sampling_strategy="group_by_length"`:
                 the baseline a careful HF user configures; the headline ratio is against the
                 strongest of hf-grouped and trl
@@ -99,14 +102,15 @@ from _sft_sides import (MODEL, ALPHA, R, choose_max_tokens, encoded, hf_worker, 
 # parent
 
 
-def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0, device: str = "cpu") -> float:
-    """FLOP/s of back-to-back (n × n) @ (n × n) matmuls: the best of 1-matmul timings (CPU: fp32;
+def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0, device: str = "cpu",
+                dtype: str = "float32") -> float:
+    """FLOP/s of back-to-back (n × n) @ (n × n) matmuls: the best of 1-matmul timings (CPU: in `dtype`;
     CUDA: bf16, 8192², timed over 20 matmuls between synchronizations)."""
     if device == "cuda":
         return _cuda_matmul_peak(seconds=seconds)
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
+    c = torch.empty(n, n, dtype=getattr(torch, dtype))
     torch.matmul(a, b, out=c)
     best, start = math.inf, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -132,7 +136,9 @@ def _cuda_matmul_peak(n: int = 8192, seconds: float = 2.0, reps: int = 20) -> fl
 
 
 WORKERS = {"lorakit": lorakit_worker, "hf-grouped": lambda a: hf_worker(a, grouped=True),
-           "trl": trl_worker, "hf": lambda a: hf_worker(a, grouped=False)}
+           "trl": trl_worker, "hf": lambda a: hf_worker(a, grouped=False),
+           "lorakit-compile": lambda a: lorakit_worker(dict(a, compile=True, side="lorakit-compile"))}
+OURS = ("lorakit", "lorakit-compile")
 BASELINES = ("hf-grouped", "trl", "hf")
 GOALS = {"hf-grouped": 2.0, "trl": 1.3}  # lorakit / baseline real tokens/s
 RSS_GOAL, ROOFLINE_GOAL = 0.45, 0.65  # lorakit peak RSS / HF (grouped); useful FLOPs / matmul peak
@@ -170,14 +176,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved runs of each side; repeat i uses seed+i for init and data order (all sides)")
-    ap.add_argument("--sides", default=",".join(WORKERS),
-                    help=f"comma-separated, lorakit first (default: all of {', '.join(WORKERS)})")
+    ap.add_argument("--sides", default="lorakit,hf-grouped,trl,hf",
+                    help=f"comma-separated, lorakit first (default: lorakit,hf-grouped,trl,hf; any of "
+                         f"{', '.join(WORKERS)})")
     ap.add_argument("--profile-steps", type=int, default=2,
                     help="lorakit steps profiled by category after the first run (0: none)")
     ap.add_argument("--profile-only", action="store_true", help="only the lorakit step profile, no training runs")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 32 examples, 8 held out")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: every side on the GPU, bf16 base + fp32 LoRA under autocast (see above)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="the base's dtype on every side (default: float32 on the CPU, bfloat16 with --device "
+                         "cuda); bfloat16: fp32 LoRA weights, HF / TRL with bf16=True (autocast)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -198,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = [s for s in sides if s not in WORKERS]
     if unknown or not sides or sides[0] != "lorakit":
-        ap.error(f"--sides: lorakit first, then any of {', '.join(BASELINES)} (got {args.sides!r})")
+        ap.error(f"--sides: lorakit first, then any of {', '.join(w for w in WORKERS if w != 'lorakit')} "
+                 f"(got {args.sides!r})")
     if "trl" in sides and importlib.util.find_spec("trl") is None:
         print("trl is not installed (pip install -e '.[bench]'): the TRL side is skipped")
         sides.remove("trl")
@@ -221,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
               f"({stats.target_tokens / stats.tokens:.0%}); length min/median/p90/max "
               f"{lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[int(0.9 * len(lengths))]}/{lengths[-1]}; "
               f"{args.eval_examples} held out")
-        base = "fp32" if args.device == "cpu" else "bf16 base, fp32 LoRA, bf16 autocast on cuda"
+        args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+        base = "fp32" if args.dtype == "float32" else f"bf16 base, fp32 LoRA, bf16 autocast (HF / TRL) on {args.device}"
         print(f"model: {MODEL} {base}, LoRA r={R} alpha={ALPHA} dropout 0 on all linears but lm_head; "
               f"AdamW lr {args.lr:g}, cosine, no warmup, clip 1.0, seed {args.seed}")
         print(f"steps: {steps} (all sides), grad accum {args.accum}; HF/TRL batch {args.batch_size} rows "
@@ -233,12 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         a = {"train": train_path, "eval": eval_path, "tmp": tmp, "max_length": args.max_length, "steps": steps,
              "accum": args.accum, "lr": args.lr, "seed": args.seed, "threads": args.threads,
              "batch_size": args.batch_size, "max_tokens": max_tokens, "profile_steps": args.profile_steps,
-             "device": args.device}
+             "device": args.device, "dtype": args.dtype}
         if args.profile_only:
             r = run_child("lorakit", dict(a, rep=0, profile_only=True, profile_steps=max(1, args.profile_steps)))
-            print_profile(r["profile"], matmul_peak(args.threads))
+            print_profile(r["profile"], matmul_peak(args.threads, dtype=args.dtype))
             return
-        peak = matmul_peak(args.threads, device=args.device)
+        peak = matmul_peak(args.threads, device=args.device, dtype=args.dtype)
         results: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.repeats):
             order = sides if rep % 2 == 0 else sides[::-1]
@@ -251,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
                 gpu = f"  peak GPU {r['gpu_peak_mib']:6.0f} MiB" if "gpu_peak_mib" in r else ""
                 print(f"  run {rep + 1}/{args.repeats} {side:10s} {r['tok_s']:7.1f} tok/s  "
                       f"peak RSS {r['peak_mib']:6.0f} MiB{gpu}  {r['seconds']:.1f} s timed", flush=True)
-        peak = max(peak, matmul_peak(args.threads, device=args.device))
+        peak = max(peak, matmul_peak(args.threads, device=args.device, dtype=args.dtype))
         report(results, peak, args, steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -303,49 +315,62 @@ def report(results: dict[str, list[dict]], peak: float, args, steps: int) -> Non
             print(f"{side} tok/s samples: " + ", ".join(f"{r['tok_s']:.1f}" for r in runs))
 
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
-    baselines = [s for s in results if s != "lorakit"]
+    ours = [s for s in results if s in OURS]
+    baselines = [s for s in results if s not in OURS]
+    if "lorakit-compile" in results:
+        print("lorakit-compile step 1 (the compile; not timed above) s: "
+              + ", ".join(f"{r['first_step_s']:.1f}" for r in results["lorakit-compile"])
+              + "; lorakit step 1 s: " + ", ".join(f"{r['first_step_s']:.1f}" for r in results["lorakit"]))
     print()
     if baselines:
         strongest = max(baselines, key=lambda s: med(s, "tok_s"))
         print(f"strongest baseline (median real tok/s): {strongest}")
-    for side in baselines:
-        paired = statistics.median(lk["tok_s"] / b["tok_s"] for lk, b in zip(results["lorakit"], results[side]))
-        goal = GOALS.get(side)
-        judged = f"(goal >= {goal:.1f}x)  {verdict(paired >= goal)}" if goal else "(footnote: HF's default sampler)"
-        print(f"lorakit / {side:10s} real tokens/s  {paired:.2f}x paired per round, "
-              f"{med('lorakit', 'tok_s') / med(side, 'tok_s'):.2f}x of medians  {judged}")
-        loss = mean("lorakit", "heldout_after") - mean(side, "heldout_after")
-        spread = max(sd("lorakit", "heldout_after"), sd(side, "heldout_after"))
-        within = "" if args.repeats < 3 else f"; seed sd {spread:.4f}: {verdict(abs(loss) <= spread)}"
-        print(f"lorakit - {side:10s} held-out loss  {loss:+.4f}  ({loss / mean(side, 'heldout_after'):+.2%}{within})")
+    for mine in ours:
+        for side in (["lorakit"] if mine == "lorakit-compile" else []) + baselines:
+            paired = statistics.median(lk["tok_s"] / b["tok_s"] for lk, b in zip(results[mine], results[side]))
+            goal = GOALS.get(side)
+            judged = (f"(goal >= {goal:.1f}x)  {verdict(paired >= goal)}" if goal else
+                      "(footnote: HF's default sampler)" if side == "hf" else "")
+            print(f"{mine} / {side:10s} real tokens/s  {paired:.2f}x paired per round, "
+                  f"{med(mine, 'tok_s') / med(side, 'tok_s'):.2f}x of medians  {judged}")
+            loss = mean(mine, "heldout_after") - mean(side, "heldout_after")
+            spread = max(sd(mine, "heldout_after"), sd(side, "heldout_after"))
+            within = "" if args.repeats < 3 else f"; seed sd {spread:.4f}: {verdict(abs(loss) <= spread)}"
+            print(f"{mine} - {side:10s} held-out loss  {loss:+.4f}  "
+                  f"({loss / mean(side, 'heldout_after'):+.2%}{within})")
     if args.device == "cuda":
         for side in results:
             print(f"{side:10s} peak GPU memory {med(side, 'gpu_peak_mib'):.0f} MiB"
                   + (f"  (lorakit / {side} {med('lorakit', 'gpu_peak_mib') / med(side, 'gpu_peak_mib'):.2f}x)"
                      if side != "lorakit" else ""))
     if "hf-grouped" in results:
-        rss = med("lorakit", "peak_mib") / med("hf-grouped", "peak_mib")
-        print(f"lorakit / hf-grouped peak RSS     {rss:.2f}x   (goal <= {RSS_GOAL}x)  {verdict(rss <= RSS_GOAL)}")
+        for mine in ours:
+            rss = med(mine, "peak_mib") / med("hf-grouped", "peak_mib")
+            print(f"{mine} / hf-grouped peak RSS     {rss:.2f}x   (goal <= {RSS_GOAL}x)  {verdict(rss <= RSS_GOAL)}")
     if args.repeats < 3:
         print("(held-out loss: use --repeats 3 or more to compare against the seed spread)")
 
+    for mine in ours:
+        r = sorted(results[mine], key=lambda x: x["tok_s"])[len(results[mine]) // 2]
+        t = r["flop_terms"]
+        linear, attention = _model_flops(r, t)
+        achieved = linear / r["seconds"]
+        print(f"{mine} achieved (median run): {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of peak "
+              f"(goal >= {ROOFLINE_GOAL:.0%})  {verdict(achieved / peak >= ROOFLINE_GOAL)}; "
+              f"{(linear + attention) / r['seconds'] / 1e9:.1f} GFLOP/s = "
+              f"{(linear + attention) / r['seconds'] / peak:.1%} with attention")
     r = sorted(results["lorakit"], key=lambda x: x["tok_s"])[len(results["lorakit"]) // 2]
     t = r["flop_terms"]
     linear, attention = _model_flops(r, t)
-    achieved = linear / r["seconds"]
     print()
     print(f"FLOP model: N_base {t['n_base']:,} (q,k,v,o,gate,up,down x {t['layers']} layers), N_lora {t['n_lora']:,}, "
           f"lm_head V*d {t['head']:,} at targets only")
     print(f"  per step window: 4*N_base*real + 6*N_lora*real + 4*V*d*targets = {linear / 1e12:.3f} TFLOP over "
           f"{r['real']} real tokens / {r['targets']} targets; attention 6*layers*d_attn*sum(len^2) = "
           f"{attention / 1e12:.3f} TFLOP")
-    what = f"fp32 matmul peak ({args.threads} threads, 2048^3)" if args.device == "cpu" else \
+    what = f"{args.dtype} matmul peak ({args.threads} threads, 2048^3)" if args.device == "cpu" else \
         "bf16 matmul peak (cuda, 8192^3)"
-    print(f"measured {what}: {peak / 1e9:.1f} GFLOP/s")
-    print(f"lorakit achieved (median run): {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of peak "
-          f"(goal >= {ROOFLINE_GOAL:.0%})  {verdict(achieved / peak >= ROOFLINE_GOAL)}; "
-          f"{(linear + attention) / r['seconds'] / 1e9:.1f} GFLOP/s = {(linear + attention) / r['seconds'] / peak:.1%} "
-          f"with attention")
+    print(f"measured {what}: {peak / 1e9:.1f} GFLOP/s (the achieved figures above are against this)")
     for side in baselines:
         h = sorted(results[side], key=lambda x: x["tok_s"])[len(results[side]) // 2]
         hl, _ = _model_flops(h, t)
