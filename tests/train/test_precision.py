@@ -13,7 +13,8 @@ from lorakit.errors import InputError
 from lorakit.models import load_causal_lm
 from lorakit.train.loop import train
 from lorakit.train.optim import build_optimizer, can_fuse
-from lorakit.train.precision import DeviceError, Precision, resolve_device
+import lorakit.train.precision as precision_mod
+from lorakit.train.precision import DeviceError, Precision, native_half_matmul, resolve_device, warn_slow_cpu_half
 from lorakit.train.prepare import prepare
 from lorakit.tuners.layers import layer_wrappers
 
@@ -85,6 +86,20 @@ def test_float32_precision_adds_nothing():
     assert p.autocast_dtype is None and p.scaler is None and p.state_dict() == {} and p.metrics(True) == {}
     assert Precision(torch.bfloat16, torch.device("cpu")).autocast_dtype is None  # CPU: the adapters cast
     assert Precision(torch.bfloat16, torch.device("cpu")).scaler is None  # bf16: fp32's exponent, no scaler
+
+
+def test_a_half_base_on_a_cpu_without_native_half_matmuls_warns(monkeypatch, recwarn):
+    assert isinstance(native_half_matmul(torch.bfloat16), bool)  # this machine's answer, whichever it is
+    monkeypatch.setattr(precision_mod, "native_half_matmul", lambda dtype: False)
+    with pytest.warns(UserWarning, match=r"model.dtype: bfloat16 on a CPU without native bfloat16 matmuls.*float32"):
+        warn_slow_cpu_half("bfloat16", torch.device("cpu"))
+    with pytest.warns(UserWarning, match="float16"):
+        warn_slow_cpu_half("float16", torch.device("cpu"))
+    warn_slow_cpu_half("float32", torch.device("cpu"))  # float32: nothing to say
+    warn_slow_cpu_half("bfloat16", torch.device("cuda", 0))  # a GPU: not this CPU's kernels
+    monkeypatch.setattr(precision_mod, "native_half_matmul", lambda dtype: True)
+    warn_slow_cpu_half("bfloat16", torch.device("cpu"))  # native kernels: no warning
+    assert not [w for w in recwarn if "native" in str(w.message)]
 
 
 def test_optimizer_is_not_fused_on_the_cpu(llama):

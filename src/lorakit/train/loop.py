@@ -41,7 +41,7 @@ from .evaluate import EvalResult, score
 from .losses import causal_lm_loss_sum, count_targets
 from .logs import MetricsLog, plot_loss
 from .optim import build_optimizer
-from .precision import Precision
+from .precision import Precision, warn_slow_cpu_half
 from .prepare import LOSSES, Prepared, prepare
 from .schedule import build_scheduler
 
@@ -90,6 +90,7 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     and checked: a run that fails on bad input leaves `output_dir` as it was (or absent).
     """
     ctx = distributed.setup(config.train.distributed_timeout_s, config.train.device)  # before any file is read
+    warn_slow_cpu_half(config.model.dtype, ctx.device)
     out = check_output_dir(config.out, "output_dir")
     found = _checkpoint_to_resume(config, ctx, resume)  # before the model loads: a wrong output_dir fails in a second
     run = run or prepare(config)
