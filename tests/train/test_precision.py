@@ -124,10 +124,12 @@ def test_distillation_projection_is_an_fp32_master_beside_a_bf16_student():
 
 # ---- training runs on the CPU ---------------------------------------------------------------------------
 
-def test_bf16_run_trains_fp32_masters_and_its_adapter_reloads(sft_config):
+def test_bf16_run_trains_fp32_masters_and_its_adapter_reloads(sft_config, monkeypatch):
     config = sft_config("model.dtype=bfloat16", "train.steps=8", "train.lr=2e-2")
     run = prepare(config)
-    result = train(config, run=run, quiet=True)
+    monkeypatch.setattr(precision_mod, "native_half_matmul", lambda dtype: False)  # the warning, on any CPU
+    with pytest.warns(UserWarning, match="without native bfloat16 matmuls"):
+        result = train(config, run=run, quiet=True)
     losses = result.losses
     assert all(torch.isfinite(torch.tensor(losses))) and min(losses[-3:]) < losses[0]
 

@@ -90,7 +90,6 @@ def train(config: RunConfig, resume: bool = False, run: Optional[Prepared] = Non
     and checked: a run that fails on bad input leaves `output_dir` as it was (or absent).
     """
     ctx = distributed.setup(config.train.distributed_timeout_s, config.train.device)  # before any file is read
-    warn_slow_cpu_half(config.model.dtype, ctx.device)
     out = check_output_dir(config.out, "output_dir")
     found = _checkpoint_to_resume(config, ctx, resume)  # before the model loads: a wrong output_dir fails in a second
     run = run or prepare(config)
@@ -169,6 +168,8 @@ def _train(config: RunConfig, ctx: distributed.Context, out: Path, found: Option
     steps = distributed.step_batches(run.train_batches, ctx, tc.grad_accum)
     fault_step = int(os.environ.get("LORAKIT_FAULT_AFTER_STEP", "0"))  # tests: simulate a kill
 
+    if main:  # after every input check: a bad config's error stays one line
+        warn_slow_cpu_half(config.model.dtype, ctx.device)
     model.train()
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=quiet or not main, dynamic_ncols=True)
     t0, tokens_seen = time.perf_counter(), 0

@@ -74,7 +74,7 @@ def native_half_matmul(dtype: torch.dtype) -> bool:
 
 def warn_slow_cpu_half(model_dtype: str, device: torch.device) -> None:
     """A 16-bit base on a CPU without native 16-bit matmuls trains many times slower than float32: say so
-    (a warning, not an error: the run is correct, only slow) before the model loads."""
+    (a warning, not an error: the run is correct, only slow) before the first step."""
     dtype = DTYPES[model_dtype]
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not native_half_matmul(dtype):
         warnings.warn(f"model.dtype: {model_dtype} on a CPU without native {model_dtype} matmuls (no AVX512-BF16 / "
