@@ -112,6 +112,8 @@ ROWS = [
     bad("train-epochs-negative", {"train": {"epochs": -1}}, "train.epochs"),
     bad("train-grad-accum-zero", {"train": {"grad_accum": 0}}, "train.grad_accum"),
     bad("train-schedule-unknown", {"train": {"schedule": "cosin"}}, "train.schedule"),
+    bad("train-compile-string", {"train": {"compile": "yes"}}, "train.compile"),
+    bad("train-compile-number", {"train": {"compile": 1}}, "train.compile"),
     bad("train-max-grad-norm-negative", {"train": {"max_grad_norm": -1}}, "train.max_grad_norm"),
     bad("train-loraplus-huge", {"train": {"loraplus_lr_ratio": 1e38}}, "train.loraplus_lr_ratio"),
     bad("train-keep-last-zero", {"train": {"keep_last": 0}}, "train.keep_last"),

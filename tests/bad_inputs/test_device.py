@@ -1,8 +1,9 @@
-"""Bad `train.device` / precision settings: one line, exit 2, before any data or model is read."""
+"""Bad `train.device` / precision / `train.compile` settings: one line, exit 2, before anything is written."""
 import pytest
 import torch
 
 from bad_inputs.harness import Cli, check_cli, table
+from lorakit.train import compiled
 
 CFG = "{tmp}/run.yaml"
 
@@ -36,3 +37,9 @@ NO_CUDA_ROWS = [  # on a machine with CUDA these are valid runs
     for p in table(NO_CUDA_ROWS)])
 def test_bad_device(row, env, capsys):
     check_cli(row, env, capsys)
+
+
+def test_compile_without_a_cxx_compiler(env, capsys, monkeypatch):
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)  # a machine with no g++ / c++ / clang++
+    check_cli(Cli("compile-without-cxx", ["train", CFG], ["train.compile", "C++ compiler"],
+                  setup=cfg({"train": {"compile": True}})), env, capsys)
