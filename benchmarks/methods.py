@@ -39,6 +39,7 @@ LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 BERT_LINEAR = ["query", "key", "value", "dense"]
 
 # name -> (method, section, lr) per task; sections use each method's config fields (peft's names).
+# VeRA and AdaLoRA use their shipped configs' rates (configs/vera.yaml, configs/adalora.yaml: 5e-2, 1e-2).
 SAME_ON_BOTH: dict[str, tuple[str, dict, float]] = {
     "IA3": ("ia3", {}, 3e-2),
     "Bottleneck houlsby": ("bottleneck", {"placement": "houlsby", "reduction_factor": 16}, 2e-3),
@@ -51,18 +52,18 @@ SAME_ON_BOTH: dict[str, tuple[str, dict, float]] = {
 SFT_RUNS: dict[str, tuple[str, dict, float]] = {
     "LoRA": ("lora", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}, 2e-3),
     "DoRA": ("lora", {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "use_dora": True}, 2e-3),
-    "VeRA": ("vera", {"r": 64, "target_modules": LLAMA_LINEAR}, 1e-2),
+    "VeRA": ("vera", {"r": 64, "target_modules": LLAMA_LINEAR}, 5e-2),
     "AdaLoRA": ("adalora", {"init_r": 16, "target_r": 8, "lora_alpha": 32, "tinit": 4, "tfinal": 6, "deltaT": 2,
-                            "target_modules": "all-linear"}, 2e-3),
+                            "target_modules": "all-linear"}, 1e-2),
     **SAME_ON_BOTH,
     "Full FT": ("full", {}, 5e-5),
 }
 CLS_RUNS: dict[str, tuple[str, dict, float]] = {
     "LoRA": ("lora", {"r": 8, "lora_alpha": 16, "target_modules": BERT_LINEAR}, 2e-3),
     "DoRA": ("lora", {"r": 8, "lora_alpha": 16, "target_modules": BERT_LINEAR, "use_dora": True}, 2e-3),
-    "VeRA": ("vera", {"r": 64, "target_modules": BERT_LINEAR}, 1e-2),
+    "VeRA": ("vera", {"r": 64, "target_modules": BERT_LINEAR}, 5e-2),
     "AdaLoRA": ("adalora", {"init_r": 8, "target_r": 4, "lora_alpha": 16, "tinit": 6, "tfinal": 12, "deltaT": 2,
-                            "target_modules": BERT_LINEAR}, 2e-3),
+                            "target_modules": BERT_LINEAR}, 1e-2),
     **SAME_ON_BOTH,
     "Full FT": ("full", {}, 2e-4),
 }
