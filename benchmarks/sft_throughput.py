@@ -205,6 +205,11 @@ def main(argv: list[str] | None = None) -> None:
             ap.error("--profile-only: the op profile is a CPU profile; not with --device cuda")
         print("--device cuda: the CPU op profile is not run")
         args.profile_steps = 0
+    if args.device == "cpu" and args.dtype == "bfloat16":
+        from lorakit.train.precision import native_half_matmul
+        if not native_half_matmul(torch.bfloat16):
+            ap.error("--dtype bfloat16: this CPU has no native bf16 matmuls (no AVX512-BF16 / AMX); every side would "
+                     "run a generic kernel many times slower than float32 and the figures would say nothing")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = [s for s in sides if s not in WORKERS]
     if unknown or not sides or sides[0] != "lorakit":
