@@ -12,8 +12,8 @@ from helpers import tiny_llama
 from lorakit.errors import InputError
 from lorakit.models import load_causal_lm
 from lorakit.train.loop import train
+from lorakit.train import precision as precision_mod
 from lorakit.train.optim import build_optimizer, can_fuse
-import lorakit.train.precision as precision_mod
 from lorakit.train.precision import DeviceError, Precision, native_half_matmul, resolve_device, warn_slow_cpu_half
 from lorakit.train.prepare import prepare
 from lorakit.tuners.layers import layer_wrappers

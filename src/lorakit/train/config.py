@@ -146,9 +146,9 @@ class TrainSection(_Section):
                     "weights stay fp32 masters (float16: with a gradient scaler).")
     compile: bool = Field(
         False, description="Compile each transformer layer with torch.compile (inductor; on the CPU it needs a C++ "
-                           "compiler) for the training steps: fused elementwise kernels; steps 1.07-1.08x as fast as eager "
-                           "and 20% less peak memory on SmolLM2 on 2 CPU cores, after a first step that compiles "
-                           "(15-65 s; cached on disk for later runs). Evaluation and generation stay eager.")
+                           "compiler) for the training steps: fused elementwise kernels; steps 1.07-1.08x as fast "
+                           "as eager and 20% less peak memory on SmolLM2 on 2 CPU cores, after a first step that "
+                           "compiles (15-65 s; cached on disk for later runs). Evaluation and generation stay eager.")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="Under torchrun: ddp (replicated model, gradients all-reduced) or fsdp (FSDP2: parameters "
         "sharded per layer); auto: fsdp for full fine-tuning or a base too big for one GPU, else ddp.")
